@@ -1,0 +1,229 @@
+"""Evaluating a converted SNN over a dataset (spec section 4).
+
+One simulation of T steps per batch gives the accuracy after every step t = 1..T; the
+ANN runs on the same images beside it. The loop is sharded by whole batches over
+torchrun ranks (batch b goes to rank b % world), so every batch is computed exactly as
+in a single process and the all-reduced counts give the same curve. After every batch
+the partial sums go to a file, so an interrupted evaluation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from .checkpoint import atomic_save, safe_load, FORMAT_VERSION
+from .distributed import DistInfo, all_reduce_sum
+from .monitors import FiringMonitor, ThetaMonitor
+from .simulation import SpikingNetwork, check_T, iterate_steps
+from .sin import InactiveRecorder, SINMonitor, relu_sites
+
+
+def check_checkpoints(checkpoints: Sequence[int], T: int) -> list[int]:
+    cps = sorted({int(t) for t in checkpoints})
+    bad = [t for t in cps if t < 1 or t > T]
+    if bad:
+        raise ValueError(f"time-step checkpoints {bad} lie outside 1..T={T}; raise eval.T or drop them")
+    return cps
+
+
+def fingerprint(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    return (int(seed) * 1_000_033 + int(batch)) % (2**62)
+
+
+class _Monitors:
+    def __init__(self, snn: SpikingNetwork, T: int, device, sin: bool, theta: bool, firing: bool):
+        L = len(snn.neurons)
+        self.firing = [FiringMonitor(T, device) for _ in range(L)] if firing else []
+        self.theta = [ThetaMonitor(T, device, seed=i) for i in range(L)] if theta else []
+        self.sin = [SINMonitor(T, device) for _ in range(L)] if sin else []
+        self.snn = snn
+
+    def groups(self):
+        return {"firing": self.firing, "theta": self.theta, "sin": self.sin}
+
+    def attach(self):
+        for i, n in enumerate(self.snn.neurons):
+            for group in self.groups().values():
+                if group:
+                    n.monitors.append(group[i])
+
+    def detach(self):
+        for i, n in enumerate(self.snn.neurons):
+            for group in self.groups().values():
+                if group and group[i] in n.monitors:
+                    n.monitors.remove(group[i])
+
+    def state(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, group in self.groups().items():
+            for i, m in enumerate(group):
+                for k, v in m.state_dict().items():
+                    out[f"{name}.{i}.{k}"] = v
+        return out
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        for name, group in self.groups().items():
+            for i, m in enumerate(group):
+                m.load_state_dict({k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"{name}.{i}.")})
+
+
+@torch.no_grad()
+def evaluate_snn(
+    snn: SpikingNetwork,
+    ann,
+    dataset,
+    *,
+    T: int,
+    batch_size: int,
+    device: torch.device,
+    chunk: int = 8,
+    seed: int = 0,
+    sin: bool = False,
+    theta_traces: bool = True,
+    firing_rates: bool = True,
+    keep_running_state: bool = False,
+    dtype: torch.dtype = torch.float32,
+    info: DistInfo = DistInfo(),
+    partial_path: Optional[Path] = None,
+    run_key: Optional[str] = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Simulate ``snn`` on ``dataset`` for T steps per batch; returns raw sums (see :func:`summarize`).
+
+    ``ann`` is the prepared (BN-folded) ANN: its accuracy on the same images is reported,
+    and with ``sin=True`` its pre-activations mark the inactivated neurons.
+    """
+    T = check_T(T)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the evaluation set is empty")
+    n_batches = math.ceil(n / batch_size)
+    mons = _Monitors(snn, T, device, sin, theta_traces, firing_rates)
+    core = {
+        "correct": torch.zeros(T, dtype=torch.float64, device=device),
+        "ann_correct": torch.zeros((), dtype=torch.float64, device=device),
+        "n": torch.zeros((), dtype=torch.float64, device=device),
+    }
+    done: list[int] = []
+    if partial_path is not None and partial_path.exists() and not keep_running_state:
+        saved = safe_load(partial_path, "partial evaluation", map_location=device)
+        if saved.get("run_key") == run_key and saved.get("kind") == "eval_partial":
+            for k, v in saved["core"].items():
+                core[k].copy_(v)
+            mons.load(saved["monitors"])
+            done = list(saved["done"])
+            if info.is_main:
+                print(f"continuing the evaluation in {partial_path}: {len(done)} batches done")
+    todo = [b for b in range(n_batches) if b % info.world == info.rank and b not in set(done)]
+    batches = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in todo]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+    sites = relu_sites(ann) if sin else []
+    mons.attach()
+    t_start, img_steps = time.perf_counter(), 0
+    bar = loader
+    if progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(loader, total=len(batches), desc=f"simulate T={T}", leave=False, dynamic_ncols=True, disable=None)
+    try:
+        for b, (x, y) in zip(todo, bar):
+            x, y = x.to(device=device, dtype=dtype), y.to(device)
+            if sin:
+                with InactiveRecorder(sites) as rec:
+                    logits = ann(x)
+                for m, mask in zip(mons.sin, rec.masks):
+                    m.begin_batch(mask)
+            else:
+                logits = ann(x)
+            core["ann_correct"] += (logits.argmax(1) == y).sum()
+            core["n"] += len(y)
+            for m in mons.firing + mons.theta:
+                m.begin_batch()
+            running = None
+            for t0, out in iterate_steps(snn, x, T, chunk, seed=batch_seed(seed, b),
+                                         keep_running_state=keep_running_state and b > 0):
+                if running is None:
+                    running = torch.zeros_like(out[0])
+                cum = torch.empty_like(out)
+                for k in range(out.shape[0]):  # sequential sums: the same for every chunk size
+                    running = running + out[k]
+                    cum[k] = running
+                core["correct"][t0 : t0 + out.shape[0]] += (cum.argmax(-1) == y).sum(1)
+            for m in mons.sin:
+                m.end_batch()
+            img_steps += len(y) * T
+            done.append(b)
+            if partial_path is not None and not keep_running_state:
+                atomic_save({"format_version": FORMAT_VERSION, "kind": "eval_partial", "run_key": run_key,
+                             "core": core, "monitors": mons.state(), "done": done}, partial_path)
+    finally:
+        mons.detach()
+    elapsed = time.perf_counter() - t_start
+    for v in core.values():
+        all_reduce_sum(v, info)
+    for v in mons.state().values():
+        all_reduce_sum(v, info)
+    return {"core": {k: v.cpu() for k, v in core.items()}, "monitors": mons, "elapsed_s": elapsed,
+            "image_steps": img_steps}
+
+
+def summarize(raw: Mapping[str, Any], snn: SpikingNetwork, checkpoints: Sequence[int], tol: float) -> dict:
+    """Accuracy curve, checkpoints, best, Step (first t within ``tol`` of the ANN), and
+    per-layer firing rates, theta traces and SIN statistics."""
+    core = raw["core"]
+    n = float(core["n"])
+    acc = (100.0 * core["correct"] / n).tolist()
+    T = len(acc)
+    ann_acc = 100.0 * float(core["ann_correct"]) / n
+    best_t = max(range(T), key=lambda i: (acc[i], -i))
+    within = next((t + 1 for t in range(T) if acc[t] >= ann_acc - tol), None)
+    res: dict[str, Any] = {
+        "n_samples": int(n),
+        "T": T,
+        "ann_acc": ann_acc,
+        "acc": acc,
+        "acc_at": {str(t): acc[t - 1] for t in check_checkpoints(checkpoints, T)},
+        "best_acc": acc[best_t],
+        "best_step": best_t + 1,
+        "step_within_tol": within,
+        "tol": tol,
+        "final_acc": acc[-1],
+        "layers": snn.layer_names,
+    }
+    mons = raw["monitors"]
+    if mons.firing:
+        rates = [m.rate() for m in mons.firing]
+        res["firing_rate"] = rates
+        res["firing_rate_mean"] = sum(rates) / len(rates)
+        total_spikes = sum(float(m.state["spikes"].sum()) for m in mons.firing)
+        total_neurons = sum(float(m.state["neurons"]) for m in mons.firing)
+        res["firing_rate_all_neurons"] = total_spikes / (total_neurons * T) if total_neurons else 0.0
+        res["spikes_per_neuron"] = [m.spikes_per_neuron() for m in mons.firing]
+        res["neurons_per_sample"] = [m.neurons_per_sample(n) for m in mons.firing]
+    if mons.theta:
+        res["theta_traces"] = [m.traces() for m in mons.theta]
+    if mons.sin:
+        res["sin"] = {
+            "ratio": [m.ratio().tolist() for m in mons.sin],
+            "ratio_among_fired": [m.ratio_among_fired().tolist() for m in mons.sin],
+            "ans": [m.ans() for m in mons.sin],
+            "ans_last": mons.sin[-1].ans(),
+            "ratio_last_at_T": float(mons.sin[-1].ratio()[-1]),
+        }
+    res["throughput_image_steps_per_s"] = raw["image_steps"] / raw["elapsed_s"] if raw["elapsed_s"] else None
+    res["elapsed_s"] = raw["elapsed_s"]
+    return res

@@ -1,0 +1,340 @@
+"""Spiking neurons of the converted SNN (spec sections 1.4, 2 and 3).
+
+``IFNeuron`` is an integrate-and-fire neuron with soft reset whose threshold follows
+one of four rules:
+
+- ``const``: ``theta = frac`` (in units of ``lam``; ``frac=1`` is max-norm IF);
+- ``msat``: ``theta_1 = 1``, then ``sigmoid(DTT_t + DET_t)``;
+- ``dtt`` / ``det``: ``theta_1 = 1``, then ``sigmoid(DTT_t)`` / ``sigmoid(DET_t)``.
+
+Everything runs in units of the layer scale ``lam``: ``x_t = input_t / lam``, and the
+output is ``spike * theta_t * lam``. A call processes ``steps`` time steps at once
+(``steps=1`` for the one-step API); the input then holds the steps stacked along the
+batch dimension, ``[steps * B, ...]``, or a single ``[B, ...]`` tensor when the input
+is the same at every step (``static_input``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+THRESHOLD_RULES = ("msat", "dtt", "det", "const")
+HPARAM_KEYS = ("alpha", "k_a", "k_i", "C", "tau_mp", "tau_rd")
+SC_RESET_MODES = ("fired", "emitted")
+
+# Table 2 of the paper, one row per architecture.
+TABLE2 = {
+    "vgg16": dict(alpha=0.03, k_a=1.0, k_i=1.0, C=5.0, tau_mp=1.0, tau_rd=1.0),
+    "resnet20": dict(alpha=0.3, k_a=1.0, k_i=1.0, C=5.0, tau_mp=0.5, tau_rd=0.5),
+    "resnet34": dict(alpha=1.0, k_a=1.0, k_i=1.0, C=5.0, tau_mp=0.5, tau_rd=0.5),
+}
+
+
+def check_threshold_args(method: str, hparams: Optional[Mapping[str, float]]) -> dict:
+    """Validate a threshold rule and its hyperparameters; returns a clean dict."""
+    if method not in THRESHOLD_RULES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(THRESHOLD_RULES)}")
+    hp = dict(hparams or {})
+    if method == "const":
+        hp.setdefault("frac", 1.0)
+        if not hp["frac"] > 0:
+            raise ValueError(f"const threshold needs frac > 0, got {hp['frac']}")
+        return {"frac": float(hp["frac"])}
+    if hparams is None:
+        raise ValueError(
+            f"method {method!r} needs the Table 2 hyperparameters {HPARAM_KEYS}; pass hparams= "
+            f"(e.g. msat.TABLE2['vgg16'])"
+        )
+    missing = [k for k in HPARAM_KEYS if k not in hp]
+    if missing:
+        raise ValueError(f"method {method!r}: missing Table 2 hyperparameters {missing}")
+    unknown = set(hp) - set(HPARAM_KEYS) - {"V_T", "tau_rd_twice", "frac"}
+    if unknown:
+        raise ValueError(f"method {method!r}: unknown hyperparameters {sorted(unknown)}")
+    if hp["k_i"] == 0 or hp["C"] == 0:
+        raise ValueError("k_i and C must be non-zero")
+    out = {k: float(hp[k]) for k in HPARAM_KEYS}
+    out["V_T"] = float(hp.get("V_T", -1.0))
+    out["tau_rd_twice"] = bool(hp.get("tau_rd_twice", False))
+    return out
+
+
+class StepModule(nn.Module):
+    """A stateful module that processes ``steps`` time steps per call."""
+
+    steps: int = 1
+
+    def reset(self, seed: Optional[int] = None, keep_running_state: bool = False) -> None:
+        raise NotImplementedError
+
+    def _split_steps(self, x: torch.Tensor, static: bool) -> tuple[int, Sequence[torch.Tensor] | torch.Tensor]:
+        """Return (batch size, per-step inputs) for a stacked or a static input."""
+        if static:
+            return x.shape[0], x
+        K = self.steps
+        if x.shape[0] % K:
+            raise RuntimeError(f"input batch {x.shape[0]} is not a multiple of steps={K}")
+        return x.shape[0] // K, x.view(K, x.shape[0] // K, *x.shape[1:])
+
+
+class IFNeuron(StepModule):
+    """IF neuron with soft reset and a multistage adaptive threshold (spec section 2).
+
+    Args:
+        lam: the calibrated layer scale, a scalar or one value per channel (shape
+            ``[C, 1, 1]`` for conv maps, ``[F]`` for linear features).
+        method: ``msat``, ``dtt``, ``det`` or ``const``.
+        hparams: output of :func:`check_threshold_args`.
+        v_init: initial membrane in units of ``lam`` (paper: 0).
+        max_spikes: spikes allowed per step (burst firing, thresholds theta..Gamma*theta).
+    """
+
+    def __init__(
+        self,
+        lam: torch.Tensor | float,
+        method: str = "msat",
+        hparams: Optional[Mapping[str, float]] = None,
+        v_init: float = 0.0,
+        max_spikes: int = 1,
+    ):
+        super().__init__()
+        self.method = method
+        self.hp = check_threshold_args(method, hparams)
+        if int(max_spikes) != max_spikes or max_spikes < 1:
+            raise ValueError(f"max_spikes must be an integer >= 1, got {max_spikes}")
+        self.max_spikes = int(max_spikes)
+        self.v_init = float(v_init)
+        lam = torch.as_tensor(lam, dtype=torch.float32)
+        self.register_buffer("lam", lam.clone())
+        self.static_input = False
+        self.steps = 1
+        # spike confidence (spec section 3): probability of keeping a spike in steps 1..E
+        self.sc_p: Optional[float] = None
+        self.sc_steps = 0
+        self.sc_reset = "fired"
+        self.sc_seed = 0
+        self.sc_seed_batch = 0
+        self._generator: Optional[torch.Generator] = None
+        self.monitors: list = []
+        self._dead: Optional[torch.Tensor] = None
+        self.v: Optional[torch.Tensor] = None
+        self.s: Optional[torch.Tensor] = None  # running sum of residuals (DTT)
+        self.t = 0
+
+    # ------------------------------------------------------------------ state
+    def reset(self, seed: Optional[int] = None, keep_running_state: bool = False) -> None:
+        """Restore the initial state. ``keep_running_state`` reproduces the released
+        code's quirk: only the membrane is reset; step counter and running mean are kept."""
+        self.v = None
+        if not keep_running_state:
+            self.s = None
+            self.t = 0
+        self._generator = None
+        self.sc_seed_batch = self.sc_seed if seed is None else int(seed)
+
+    def configure_sc(self, p: Optional[float], early_steps: int, reset: str = "fired", seed: int = 0) -> None:
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise ValueError(f"spike confidence p must lie in [0, 1], got {p}")
+        if reset not in SC_RESET_MODES:
+            raise ValueError(f"sc reset must be one of {SC_RESET_MODES}, got {reset!r}")
+        if early_steps < 0:
+            raise ValueError(f"early_steps must be >= 0, got {early_steps}")
+        self.sc_p = None if p is None else float(p)
+        self.sc_steps = int(early_steps)
+        self.sc_reset = reset
+        self.sc_seed = int(seed)
+        self.sc_seed_batch = int(seed)
+
+    @property
+    def uses_running_mean(self) -> bool:
+        return self.method in ("msat", "dtt")
+
+    # --------------------------------------------------------------- dynamics
+    def _theta(self, x: torch.Tensor, t: int) -> torch.Tensor | float:
+        """theta_t in units of lam (spec section 2)."""
+        hp = self.hp
+        if self.method == "const":
+            return hp["frac"]
+        if t == 1:
+            return 1.0
+        z = None
+        if self.method in ("msat", "dtt"):
+            d = self.v - self.s / (t - 1)  # previous residual minus mean residual so far
+            dtt = hp["alpha"] * d + hp["V_T"] + hp["k_a"] * F.softplus(d / hp["k_i"])
+            z = dtt * hp["tau_mp"]
+        if self.method in ("msat", "det"):
+            det = torch.exp(-x / hp["C"]) * hp["tau_rd"]
+            if hp["tau_rd_twice"]:  # paper Eq. 16 with Eq. 18
+                det = det * hp["tau_rd"]
+            z = det if z is None else z + det
+        return torch.sigmoid(z)
+
+    def _sc_draw(self, shape, like: torch.Tensor) -> torch.Tensor:
+        if self._generator is None or self._generator.device != like.device:
+            self._generator = torch.Generator(device=like.device)
+            self._generator.manual_seed(self.sc_seed_batch)
+        return torch.rand(shape, generator=self._generator, device=like.device, dtype=torch.float32)
+
+    def step(self, inp: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One time step on an input of shape [B, ...]; returns spike*theta*lam."""
+        lam = self.lam
+        if self.v is None:
+            # lam == 0 (a never-active layer or channel) must stay silent, never NaN
+            self._dead = (lam == 0) if bool((lam == 0).any()) else None
+        x = inp / lam
+        if self._dead is not None:
+            x = x.masked_fill(self._dead, 0)
+        if self.v is None:
+            self.v = torch.full_like(x, self.v_init)
+            if self.uses_running_mean and self.s is None:
+                self.s = torch.zeros_like(x)
+        elif self.v.shape != x.shape:
+            raise RuntimeError(f"state shape {tuple(self.v.shape)} != input {tuple(x.shape)}; call reset()")
+        if self.s is not None and self.s.shape != x.shape:  # quirk mode, smaller last batch
+            self.s = self.s[: x.shape[0]].contiguous()
+        self.t += 1
+        t = self.t
+        theta = self._theta(x, t)  # uses the previous residual, so before integrating
+        v = self.v
+        v.add_(x)
+        if self.max_spikes == 1:
+            fired = (v >= theta).to(x.dtype)
+        else:
+            fired = torch.floor(v / theta).clamp_(0, self.max_spikes)
+        if self._dead is not None:
+            fired = fired.masked_fill(self._dead, 0)
+        emitted = fired
+        if self.sc_p is not None and t <= self.sc_steps:
+            if self.max_spikes == 1:
+                keep = (self._sc_draw(fired.shape, fired) < self.sc_p).to(x.dtype)
+                emitted = fired * keep
+            else:  # each of the m spikes is kept independently
+                r = self._sc_draw((self.max_spikes, *fired.shape), fired) < self.sc_p
+                idx = torch.arange(self.max_spikes, device=fired.device).view(-1, *([1] * fired.dim()))
+                emitted = (r & (idx < fired.unsqueeze(0))).sum(0).to(x.dtype)
+        reset_by = fired if self.sc_reset == "fired" else emitted
+        v.sub_(reset_by * theta)
+        if self.s is not None:
+            self.s.add_(v)
+        for m in self.monitors:
+            m.on_step(self, t, theta, fired, emitted)
+        y = emitted * theta
+        if out is None:
+            return y * lam
+        return torch.mul(y, lam, out=out)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        B, xs = self._split_steps(inp, self.static_input)
+        K = self.steps
+        if K == 1:
+            return self.step(xs if self.static_input else xs[0])
+        shape = inp.shape[1:]
+        out = torch.empty((K * B, *shape), dtype=inp.dtype, device=inp.device)
+        out_k = out.view(K, B, *shape)
+        for k in range(K):
+            self.step(xs if self.static_input else xs[k], out=out_k[k])
+        return out
+
+    def extra_repr(self) -> str:
+        extra = f", max_spikes={self.max_spikes}" if self.max_spikes > 1 else ""
+        sc = f", sc_p={self.sc_p:.3f}, sc_steps={self.sc_steps}" if self.sc_p is not None else ""
+        return f"method={self.method}, lam_shape={tuple(self.lam.shape)}{extra}{sc}"
+
+
+class LIPool(StepModule):
+    """Lateral-inhibition pooling (Li & Zeng 2022), the spiking MaxPool2d (spec 1.4).
+
+    Keeps a running sum per pooling window; at every step it outputs the window maximum
+    and subtracts it from the whole window. The sum of outputs over time then equals
+    the max-pool of the summed inputs, for overlapping windows too.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        super().__init__()
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        self.kernel_size = pair(kernel_size)
+        self.stride = pair(stride if stride is not None else kernel_size)
+        self.padding = pair(padding)
+        self.dilation = pair(dilation)
+        self.ceil_mode = bool(ceil_mode)
+        self.steps = 1
+        self.static_input = False
+        self.S: Optional[torch.Tensor] = None
+        self._fast = False
+        self._geometry = None
+
+    @classmethod
+    def from_maxpool(cls, pool: nn.MaxPool2d) -> "LIPool":
+        if pool.return_indices:
+            raise ValueError("MaxPool2d(return_indices=True) cannot be converted")
+        return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+
+    def reset(self, seed: Optional[int] = None, keep_running_state: bool = False) -> None:
+        self.S = None
+
+    def _out_size(self, n: int, i: int) -> int:
+        k, s, p, d = self.kernel_size[i], self.stride[i], self.padding[i], self.dilation[i]
+        eff = d * (k - 1) + 1
+        if self.ceil_mode:
+            o = math.ceil((n + 2 * p - eff) / s) + 1
+            if (o - 1) * s >= n + p:  # PyTorch: the last window must start inside the input
+                o -= 1
+        else:
+            o = (n + 2 * p - eff) // s + 1
+        return o
+
+    def _init_state(self, x: torch.Tensor) -> None:
+        B, C, H, W = x.shape
+        Ho, Wo = self._out_size(H, 0), self._out_size(W, 1)
+        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
+        self._fast = k == s and p == (0, 0) and d == (1, 1) and H == Ho * k[0] and W == Wo * k[1]
+        if self._fast:
+            self.S = torch.zeros_like(x)
+            self._geometry = (B, C, Ho, Wo)
+            return
+        # general case: one running sum per window; padded positions are -inf
+        pad_b = max(0, (Ho - 1) * s[0] + d[0] * (k[0] - 1) + 1 - H - p[0])
+        pad_r = max(0, (Wo - 1) * s[1] + d[1] * (k[1] - 1) + 1 - W - p[1])
+        self._pads = (p[1], pad_r, p[0], pad_b)
+        ones = F.pad(torch.ones(1, 1, H, W, dtype=x.dtype, device=x.device), self._pads)
+        real = F.unfold(ones, k, dilation=d, stride=s)[..., : Ho * Wo]  # [1, kk, L]
+        S = torch.zeros(B, C, real.shape[1], Ho * Wo, dtype=x.dtype, device=x.device)
+        self.S = S.masked_fill_((real == 0).unsqueeze(0).expand_as(S), float("-inf"))
+        self._geometry = (B, C, Ho, Wo)
+
+    def step(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.S is None:
+            self._init_state(x)
+        B, C, Ho, Wo = self._geometry
+        if self._fast:
+            kh, kw = self.kernel_size
+            self.S.add_(x)
+            win = self.S.view(B, C, Ho, kh, Wo, kw)
+            y = win.amax(dim=(3, 5))
+            win.sub_(y.view(B, C, Ho, 1, Wo, 1))
+        else:
+            cols = F.unfold(F.pad(x, self._pads), self.kernel_size, dilation=self.dilation, stride=self.stride)
+            cols = cols[..., : Ho * Wo].view(B, C, -1, Ho * Wo)
+            self.S.add_(cols)
+            y = self.S.amax(dim=2)
+            self.S.sub_(y.unsqueeze(2))
+            y = y.view(B, C, Ho, Wo)
+        if out is None:
+            return y
+        return out.copy_(y)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        B, xs = self._split_steps(inp, self.static_input)
+        K = self.steps
+        if K == 1:
+            return self.step(xs if self.static_input else xs[0])
+        outs = [self.step(xs if self.static_input else xs[k]) for k in range(K)]
+        return torch.cat(outs, 0)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, ceil_mode={self.ceil_mode}"
