@@ -245,6 +245,7 @@ def prepare_ann(model: nn.Module) -> fx.GraphModule:
     graph.eliminate_dead_code()
     graph.lint()
     gm.recompile()
+    gm.delete_all_unused_submodules()  # folded BNs and replaced ReLUs
     gm.sites = sites  # graph order
     return gm
 
@@ -266,16 +267,19 @@ def _batches(data: Iterable, num_batches: Optional[int]):
 
 
 class LamObserver:
-    """Running max or exact quantile of a site's ReLU output, per layer or per channel.
+    """Max or exact quantile of a site's ReLU output, per layer or per channel.
 
-    The quantile follows ``torch.quantile`` (linear interpolation) over every value seen;
-    only the top ``N - floor(p (N - 1))`` values are kept, so memory is ~(1-p) N.
+    The quantile follows ``torch.quantile`` (linear interpolation) over every value seen.
+    With the total count N known in advance (``total_samples``), only the top
+    ``N - floor(p (N - 1))`` values are kept, so memory is ~(1-p) N.
     """
 
-    def __init__(self, percentile: float = 1.0, channelwise: bool = False):
+    def __init__(self, percentile: float = 1.0, channelwise: bool = False, total_samples: Optional[int] = None):
         self.percentile = float(percentile)
         self.channelwise = channelwise
+        self.total_samples = total_samples
         self.count = 0
+        self.k: Optional[int] = None
         self.top: Optional[torch.Tensor] = None  # [R, k]
         self.ndim: Optional[int] = None
 
@@ -293,9 +297,13 @@ class LamObserver:
             m = vals.amax(dim=1, keepdim=True)
             self.top = m if self.top is None else torch.maximum(self.top, m)
             return
-        k = self.count - math.floor(self.percentile * (self.count - 1))
+        if self.k is None:
+            if self.total_samples is None:
+                raise ValueError("a percentile needs total_samples (the number of calibration samples)")
+            n = vals.shape[1] // a.shape[0] * self.total_samples
+            self.k = n - math.floor(self.percentile * (n - 1))
         merged = vals if self.top is None else torch.cat([self.top, vals], dim=1)
-        self.top = merged.topk(min(k, merged.shape[1]), dim=1, sorted=False).values
+        self.top = merged.topk(min(self.k, merged.shape[1]), dim=1, sorted=False).values
 
     def lam(self) -> torch.Tensor:
         if self.top is None:
@@ -330,7 +338,12 @@ def calibrate(
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches must be >= 1 or None, got {num_batches}")
     sites = relu_sites(ann)
-    observers = [LamObserver(percentile, channelwise) for _ in sites]
+    total = None
+    if percentile < 1.0:  # an exact quantile needs the sample count first (no model run)
+        if iter(calibration_data) is calibration_data:
+            calibration_data = list(_batches(calibration_data, num_batches))
+        total = sum(x.shape[0] for x in _batches(calibration_data, num_batches))
+    observers = [LamObserver(percentile, channelwise, total) for _ in sites]
     for site, obs in zip(sites, observers):
         site.observers.append(obs)
     device = _device_of(ann)

@@ -218,6 +218,7 @@ def fit(
                 "history": history,
                 "rng": rng_state(),
                 "wandb_run_id": tracker_id,
+                "written_by_rank": info.rank,
                 "seed": seed,
                 "train": {k: train[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "momentum")},
                 "config": dict(run_config or {}),
@@ -262,7 +263,7 @@ def fit(
                     sums += torch.stack([loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double(),
                                          torch.tensor(float(len(y)), dtype=torch.float64, device=device)])
                 if info.is_main and tracker is not None and global_step % 20 == 0:
-                    tracker.log({"train/loss": float(loss), "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
+                    tracker.log({"train/loss": float(loss.detach()), "train/lr": scheduler.get_last_lr()[0]}, step=global_step)
                 if progress and info.is_main and hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{scheduler.get_last_lr()[0]:.4f}")
                 if interrupt_after is not None and global_step == int(interrupt_after):

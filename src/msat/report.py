@@ -1,0 +1,207 @@
+"""Gather ``results.json`` files into markdown tables beside the paper's numbers.
+
+    python -m msat.report outputs/            # report.md + overlaid accuracy plots
+    python -m msat.report outputs/demo/eval --curves   # accuracy-vs-t side by side
+
+Each row carries our number, the paper's number, the difference, the command, the
+commit and the hardware of the run that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+DEFAULT_CHECKPOINTS = (16, 32, 64, 128, 256)
+
+
+class ReportError(ValueError):
+    pass
+
+
+def find_results(root: str | Path) -> list[dict]:
+    root = Path(root)
+    if not root.exists():
+        raise ReportError(f"{root} does not exist")
+    out = []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"warning: skipping unreadable {path}: {exc}", file=sys.stderr)
+            continue
+        if isinstance(res, dict) and "acc" in res:
+            res["_path"] = str(path)
+            out.append(res)
+    if not out:
+        raise ReportError(f"no results.json under {root}: run evaluate.py first")
+    return out
+
+
+def label(res: dict) -> str:
+    return f"{res.get('method')}" + (f" ({res['experiment']})" if res.get("experiment") else "")
+
+
+def _sc_on(res: dict) -> bool:
+    return bool(res.get("sc"))
+
+
+def comparisons(res: dict) -> list[tuple[str, Optional[float], Any]]:
+    """(metric, ours, paper) for every number in the run's ``paper:`` block."""
+    paper = res.get("paper") or {}
+    acc = res["acc"]
+    T = len(acc)
+    rows: list[tuple[str, Optional[float], Any]] = []
+
+    def at(t: int) -> Optional[float]:
+        return acc[t - 1] if 1 <= t <= T else None
+
+    if "ann" in paper:
+        rows.append(("ANN acc", res["ann_acc"], paper["ann"]))
+    if "snn" in paper:
+        rows.append((f"SNN best acc (t<={T})", res["best_acc"], paper["snn"]))
+    if "loss" in paper:
+        rows.append(("loss (ANN - SNN best)", res["ann_acc"] - res["best_acc"], paper["loss"]))
+    if "step" in paper:
+        rows.append((f"Step (first t within {res.get('tol', 0.1)} of ANN)", res.get("step_within_tol"), paper["step"]))
+        rows.append((f"SNN acc at the paper's Step t={paper['step']}", at(int(paper["step"])), paper.get("snn")))
+    if "best" in paper:
+        rows.append(("best acc", res["best_acc"], paper["best"]))
+    for t, v in (paper.get("acc_at") or {}).items():
+        rows.append((f"acc T={t}", at(int(t)), v))
+    sin = res.get("sin") or {}
+    suffix = "with_sc" if _sc_on(res) else "without_sc"
+    if f"ans_{suffix}" in paper:
+        rows.append((f"ANS last layer ({suffix.replace('_', ' ')})", sin.get("ans_last"), paper[f"ans_{suffix}"]))
+    if f"acc32_{suffix}" in paper:
+        rows.append((f"acc T=32 ({suffix.replace('_', ' ')})", at(32), paper[f"acc32_{suffix}"]))
+    if "sin_ratio_last_layer" in paper and not _sc_on(res):
+        rows.append(("SIN ratio last layer (t=T)", sin.get("ratio_last_at_T"), paper["sin_ratio_last_layer"]))
+    rates = res.get("firing_rate")
+    if "firing_rate_mean" in paper:
+        rows.append(("mean firing rate", res.get("firing_rate_mean"), paper["firing_rate_mean"]))
+    if "firing_rate_min" in paper and rates:
+        rows.append(("min layer firing rate", min(rates), paper["firing_rate_min"]))
+    if "firing_rate_max" in paper and rates:
+        rows.append(("max layer firing rate", max(rates), paper["firing_rate_max"]))
+    energy = res.get("energy") or {}
+    if "energy_ratio" in paper:
+        rows.append(("energy SNN/ANN", energy.get("energy_ratio"), paper["energy_ratio"]))
+    for key, ours in (("op_ann_first_M", "op_ann_first"), ("op_ann_rest_M", "op_ann_rest"), ("op_snn_rest_M", "op_snn_rest")):
+        if key in paper:
+            v = energy.get(ours)
+            rows.append((key.replace("_M", " (M)"), v / 1e6 if v is not None else None, paper[key]))
+    return rows
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if abs(v) < 0.1 and v != 0:
+            return f"{v:.4f}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _diff(ours: Any, paper: Any) -> str:
+    if isinstance(ours, (int, float)) and isinstance(paper, (int, float)):
+        return _fmt(float(ours) - float(paper))
+    return "-"
+
+
+def _short_hw(hw: str) -> str:
+    return (hw or "?").split(", torch")[0]
+
+
+def markdown_report(results: list[dict]) -> str:
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        p = r.get("paper") or {}
+        groups[p.get("table") or p.get("figure") or "other runs"].append(r)
+    lines = ["# Reproduction report", "",
+             f"{len(results)} runs. Accuracy in %. Each row: our number, the paper's, the difference "
+             "(ours - paper), and the run that produced it.", ""]
+    for name in sorted(groups):
+        lines += [f"## {name}", "",
+                  "| run | dataset / model | metric | ours | paper | diff | command | commit | hardware |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(groups[name], key=lambda r: (r.get("experiment") or "", r.get("method") or "")):
+            where = f"{r.get('dataset')} / {r.get('model')} w{r.get('width')}"
+            rows = comparisons(r) or [("SNN best acc", r["best_acc"], None)]
+            for metric, ours, paper in rows:
+                lines.append(
+                    f"| {label(r)} | {where} | {metric} | {_fmt(ours)} | {_fmt(paper)} | {_diff(ours, paper)} | "
+                    f"`{r.get('command', '?')}` | {str(r.get('commit', '?'))[:12]} | {_short_hw(r.get('hardware', '?'))} |"
+                )
+        lines.append("")
+    lines += ["## Accuracy at the paper's time steps", "", curve_table(results, markdown=True), ""]
+    return "\n".join(lines)
+
+
+def curve_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, markdown: bool = False) -> str:
+    results = list(results)
+    T = max(len(r["acc"]) for r in results)
+    cps = [t for t in checkpoints if t <= T]
+    head = ["run", "dataset / model", "ANN"] + [f"T={t}" for t in cps] + ["best", "@t", "Step"]
+    body = []
+    for r in results:
+        acc = r["acc"]
+        row = [label(r), f"{r.get('dataset')} / {r.get('model')}", _fmt(r["ann_acc"])]
+        row += [_fmt(acc[t - 1]) if t <= len(acc) else "-" for t in cps]
+        row += [_fmt(r["best_acc"]), str(r["best_step"]), str(r.get("step_within_tol") or "-")]
+        body.append(row)
+    if markdown:
+        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    fmt = lambda row: "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+    return "\n".join([fmt(head), "-" * (sum(widths) + 2 * len(widths))] + [fmt(b) for b in body])
+
+
+def overlay_plots(results: list[dict], out_dir: Path) -> list[Path]:
+    """One PNG per experiment group (the first tag, e.g. fig5): every run's curve, ANN dotted."""
+    from .tracking import plot_curves
+
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        tag = (r.get("tags") or [r.get("experiment") or "runs"])[0]
+        groups[f"{tag}_{r.get('dataset')}_{r.get('model')}"].append(r)
+    paths = []
+    for name, rs in sorted(groups.items()):
+        curves = {label(r): r["acc"] for r in rs}
+        ann = rs[0]["ann_acc"]
+        paths.append(plot_curves(out_dir / f"{name}.png", curves, f"{name}: accuracy vs time step", hline=ann))
+    return paths
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m msat.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("root", nargs="?", default="outputs", help="folder searched for results.json files")
+    ap.add_argument("--out", default=None, help="markdown file (default: ROOT/report.md)")
+    ap.add_argument("--curves", action="store_true", help="print the accuracy-vs-t table only")
+    ap.add_argument("--no-plots", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        results = find_results(args.root)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.curves:
+        print(curve_table(results))
+        return 0
+    out = Path(args.out) if args.out else Path(args.root) / "report.md"
+    text = markdown_report(results)
+    if not args.no_plots:
+        pngs = overlay_plots(results, out.parent / "report_plots")
+        text += "\n## Overlaid curves\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out.parent)})" for p in pngs) + "\n"
+    out.write_text(text)
+    print(f"wrote {out} ({len(results)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

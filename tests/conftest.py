@@ -1,0 +1,40 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")  # tests never touch the network
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+CIFAR_JPEG = Path(os.environ.get("MSAT_CIFAR10_JPEG", ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def compose(overrides=(), root=None):
+    """The Hydra config the scripts would see, with outputs under ``root``."""
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    import msat.config  # noqa: F401  (method schema)
+
+    extra = []
+    if root is not None:
+        extra = [f"paths.root={root}", f"paths.output_dir={root}/out", f"paths.data={root}/data"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hcompose(config_name="config", overrides=list(overrides) + extra + ["progress=false"])
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    return lambda *overrides, root=None: compose(overrides, root or tmp_path)

@@ -1,0 +1,69 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from conftest import CONF, ROOT, compose
+from msat.neurons import TABLE2
+
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes(name, tmp_path):
+    cfg = compose([f"experiment={name}"], tmp_path)
+    assert cfg.method.name and cfg.dataset.name and cfg.model.name
+    assert dict(cfg.method.hparams) == {**TABLE2[cfg.model.name], "V_T": -1.0, "tau_rd_twice": False}
+    assert isinstance(cfg.seed, int)
+    if name != "demo":
+        assert cfg.paper, f"{name} has no paper: block"
+
+
+def test_table2_hyperparameters_follow_the_architecture(tmp_path):
+    for model in TABLE2:
+        cfg = compose([f"model={model}"], tmp_path)
+        for key, value in TABLE2[model].items():
+            assert cfg.method.hparams[key] == value
+
+
+def test_method_schema_rejects_misspelt_keys(tmp_path):
+    with pytest.raises(ConfigCompositionException):
+        compose(["method.hparams.alpah=0.1"], tmp_path)
+    with pytest.raises(ConfigCompositionException):
+        compose(["method.thresold=const"], tmp_path)
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose(["method.max_spikes=many"], tmp_path)
+
+
+def test_misspelt_key_in_a_method_file_is_an_error(tmp_path):
+    conf = tmp_path / "conf"
+    import shutil
+
+    shutil.copytree(CONF, conf)
+    (conf / "method" / "typo.yaml").write_text(
+        "defaults:\n  - base_method\n  - _self_\nname: typo\nthreshold: msat\nv_int: 0.5\n"
+    )
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+            hcompose(config_name="config", overrides=["method=typo"])
+
+
+def test_unknown_group_option_is_a_clear_cli_error(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train_ann.py"), "dataset=imagenette", f"paths.root={tmp_path}"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "imagenette" in r.stderr and "Available options" in r.stderr
+
+
+def test_wandb_mode_respects_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert compose([], tmp_path).wandb.mode == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    assert compose([], tmp_path).wandb.mode == "offline"
+    assert compose(["wandb.mode=online"], tmp_path).wandb.mode == "online"
