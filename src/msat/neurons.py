@@ -76,6 +76,15 @@ def softplus(z: torch.Tensor) -> torch.Tensor:
     return torch.exp(z.abs().neg_()).add_(1.0).log2_().mul_(LN2).add_(z.clamp(min=0))
 
 
+def _charge(spikes: torch.Tensor, theta, dtype: torch.dtype) -> torch.Tensor:
+    """spikes * theta as a float tensor of ``dtype`` (spikes: bool or a float count)."""
+    if isinstance(theta, torch.Tensor) or (spikes.dtype == dtype) or (
+        spikes.dtype == torch.bool and dtype == torch.get_default_dtype()
+    ):
+        return spikes * theta
+    return spikes.to(dtype) * theta
+
+
 class StepModule(nn.Module):
     """A stateful module that processes ``steps`` time steps per call."""
 
@@ -202,49 +211,53 @@ class IFNeuron(StepModule):
         if self.v is None:
             # lam == 0 (a never-active layer or channel) must stay silent, never NaN
             self._dead = (lam == 0) if bool((lam == 0).any()) else None
-        x = inp / lam
-        if self._dead is not None:
-            x = x.masked_fill(self._dead, 0)
-        if self.v is None:
-            self.v = torch.full_like(x, self.v_init)
+            self.v = torch.full_like(inp, self.v_init)
             if self.uses_running_mean and self.s is None:
-                self.s = torch.zeros_like(x)
-        elif self.v.shape != x.shape:
-            raise RuntimeError(f"state shape {tuple(self.v.shape)} != input {tuple(x.shape)}; call reset()")
-        if self.s is not None and self.s.shape != x.shape:  # quirk mode, smaller last batch
-            self.s = self.s[: x.shape[0]].contiguous()
+                self.s = torch.zeros_like(inp)
+        elif self.v.shape != inp.shape:
+            raise RuntimeError(f"state shape {tuple(self.v.shape)} != input {tuple(inp.shape)}; call reset()")
+        if self.s is not None and self.s.shape != inp.shape:  # quirk mode, smaller last batch
+            self.s = self.s[: inp.shape[0]].contiguous()
         self.t += 1
         t = self.t
-        theta = self._theta(x, t)  # from the previous residual, so before integrating
         v = self.v
-        v.add_(x)
+        if self.method in ("msat", "det") or self._dead is not None:
+            x = inp / lam  # x_t, in units of lam
+            if self._dead is not None:
+                x = x.masked_fill(self._dead, 0)
+            theta = self._theta(x, t)  # from the previous residual, so before integrating
+            v.add_(x)
+        else:  # const / DTT: x_t only enters the membrane
+            theta = self._theta(None, t)
+            v.addcdiv_(inp, lam)  # v + input / lam
         if self.max_spikes == 1:
-            fired = v >= theta  # bool; spike * theta below is exact for spike in {0, 1}
+            # 0/1 as floats: comparing into a float buffer is far cheaper than bool -> float on CPU
+            fired = torch.ge(v, theta, out=torch.empty_like(v))
         else:
             fired = torch.floor(v / theta).clamp_(0, self.max_spikes)
         if self._dead is not None:
-            fired = fired.masked_fill(self._dead, 0)
+            fired.masked_fill_(self._dead, 0)
         emitted = fired
         if self.sc_p is not None and t <= self.sc_steps:
             if self.max_spikes == 1:
-                emitted = fired & (self._sc_draw(fired.shape, fired) < self.sc_p)
+                keep = torch.lt(self._sc_draw(fired.shape, fired), self.sc_p, out=torch.empty_like(fired))
+                emitted = fired * keep
             else:  # each of the m spikes is kept independently
                 r = self._sc_draw((self.max_spikes, *fired.shape), fired) < self.sc_p
                 idx = torch.arange(self.max_spikes, device=fired.device).view(-1, *([1] * fired.dim()))
-                emitted = (r & (idx < fired.unsqueeze(0))).sum(0).to(x.dtype)
-        # spike * theta, in units of lam (exact: spike is 0 or 1, or a spike count)
-        y = emitted.to(x.dtype) * theta if not isinstance(theta, torch.Tensor) else emitted * theta
+                emitted = (r & (idx < fired.unsqueeze(0))).sum(0).to(inp.dtype)
+        y = _charge(emitted, theta, inp.dtype)  # spike * theta (exact: spike is 0/1 or a count)
         if emitted is fired or self.sc_reset == "emitted":
             v.sub_(y)  # soft reset by the emitted charge
         else:  # released code: reset by the fired spike, even when SC suppressed it
-            v.sub_(fired.to(x.dtype) * theta if not isinstance(theta, torch.Tensor) else fired * theta)
+            v.sub_(_charge(fired, theta, inp.dtype))
         if self.s is not None:
             self.s.add_(v)
         for m in self.monitors:
             m.on_step(self, t, theta, fired, emitted)
-        if out is None:
-            return y.mul_(lam) if y.dtype == lam.dtype or lam.dim() == 0 else y * lam
-        return torch.mul(y, lam, out=out)
+        if out is not None:
+            return torch.mul(y, lam, out=out)
+        return y.mul_(lam) if torch.result_type(y, lam) == y.dtype else y * lam
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         B, xs = self._split_steps(inp, self.static_input)
@@ -267,24 +280,25 @@ class IFNeuron(StepModule):
 class LIPool(StepModule):
     """Lateral-inhibition pooling (Li & Zeng 2022), the spiking MaxPool2d (spec 1.4).
 
-    Keeps a running sum per pooling window; at every step it outputs the window maximum
-    and subtracts it from the whole window. The sum of outputs over time then equals
-    the max-pool of the summed inputs, for overlapping windows too.
+    Each pooling window keeps the running sum ``S`` of its inputs, outputs ``max(S)`` and
+    subtracts that output from the whole window. With ``X`` the cumulative input and ``Y``
+    the window's cumulative output, ``S = X - Y`` for every position of the window, so
+    ``max(S) = maxpool(X) - Y``: this is computed with the native max-pool, for
+    overlapping windows too (every window keeps its own ``Y``). The sum of the outputs up
+    to any step equals the max-pool of the summed inputs.
     """
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__()
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        self.kernel_size = pair(kernel_size)
-        self.stride = pair(stride if stride is not None else kernel_size)
-        self.padding = pair(padding)
-        self.dilation = pair(dilation)
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding = padding
+        self.dilation = dilation
         self.ceil_mode = bool(ceil_mode)
         self.steps = 1
         self.static_input = False
-        self.S: Optional[torch.Tensor] = None
-        self._fast = False
-        self._geometry = None
+        self.X: Optional[torch.Tensor] = None  # cumulative input
+        self.Y: Optional[torch.Tensor] = None  # cumulative output per window
 
     @classmethod
     def from_maxpool(cls, pool: nn.MaxPool2d) -> "LIPool":
@@ -293,58 +307,23 @@ class LIPool(StepModule):
         return cls(pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
 
     def reset(self, seed: Optional[int] = None, keep_running_state: bool = False) -> None:
-        self.S = None
+        self.X = None
+        self.Y = None
 
-    def _out_size(self, n: int, i: int) -> int:
-        k, s, p, d = self.kernel_size[i], self.stride[i], self.padding[i], self.dilation[i]
-        eff = d * (k - 1) + 1
-        if self.ceil_mode:
-            o = math.ceil((n + 2 * p - eff) / s) + 1
-            if (o - 1) * s >= n + p:  # PyTorch: the last window must start inside the input
-                o -= 1
-        else:
-            o = (n + 2 * p - eff) // s + 1
-        return o
-
-    def _init_state(self, x: torch.Tensor) -> None:
-        B, C, H, W = x.shape
-        Ho, Wo = self._out_size(H, 0), self._out_size(W, 1)
-        k, s, p, d = self.kernel_size, self.stride, self.padding, self.dilation
-        self._fast = k == s and p == (0, 0) and d == (1, 1) and H == Ho * k[0] and W == Wo * k[1]
-        if self._fast:
-            self.S = torch.zeros_like(x)
-            self._geometry = (B, C, Ho, Wo)
-            return
-        # general case: one running sum per window; padded positions are -inf
-        pad_b = max(0, (Ho - 1) * s[0] + d[0] * (k[0] - 1) + 1 - H - p[0])
-        pad_r = max(0, (Wo - 1) * s[1] + d[1] * (k[1] - 1) + 1 - W - p[1])
-        self._pads = (p[1], pad_r, p[0], pad_b)
-        ones = F.pad(torch.ones(1, 1, H, W, dtype=x.dtype, device=x.device), self._pads)
-        real = F.unfold(ones, k, dilation=d, stride=s)[..., : Ho * Wo]  # [1, kk, L]
-        S = torch.zeros(B, C, real.shape[1], Ho * Wo, dtype=x.dtype, device=x.device)
-        self.S = S.masked_fill_((real == 0).unsqueeze(0).expand_as(S), float("-inf"))
-        self._geometry = (B, C, Ho, Wo)
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
 
     def step(self, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.S is None:
-            self._init_state(x)
-        B, C, Ho, Wo = self._geometry
-        if self._fast:
-            kh, kw = self.kernel_size
-            self.S.add_(x)
-            win = self.S.view(B, C, Ho, kh, Wo, kw)
-            y = win.amax(dim=(3, 5))
-            win.sub_(y.view(B, C, Ho, 1, Wo, 1))
-        else:
-            cols = F.unfold(F.pad(x, self._pads), self.kernel_size, dilation=self.dilation, stride=self.stride)
-            cols = cols[..., : Ho * Wo].view(B, C, -1, Ho * Wo)
-            self.S.add_(cols)
-            y = self.S.amax(dim=2)
-            self.S.sub_(y.unsqueeze(2))
-            y = y.view(B, C, Ho, Wo)
-        if out is None:
-            return y
-        return out.copy_(y)
+        if self.X is None:
+            self.X = x.clone()
+            m = self._pool(self.X)
+            self.Y = m
+            return m if out is None else out.copy_(m)
+        self.X.add_(x)
+        m = self._pool(self.X)  # the max of each window's cumulative input
+        y = torch.sub(m, self.Y, out=out) if out is not None else m - self.Y
+        self.Y = m
+        return y
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         B, xs = self._split_steps(inp, self.static_input)

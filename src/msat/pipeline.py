@@ -182,6 +182,16 @@ def calibration_loader(cfg: DictConfig, splits, skip_batches: int = 0):
     return make_loader(torch.utils.data.Subset(splits.calibration, order), bs, int(cfg.dataset.num_workers))
 
 
+def sim_chunk(chunk: Any, device: torch.device) -> int:
+    """Steps per layer-major call. ``auto``: 1 on CPU, where a chunk of stacked steps
+    outgrows the caches (benchmarks/simulate.py), 32 on GPU, where launches dominate."""
+    if chunk == "auto":
+        return 32 if device.type == "cuda" else 1
+    if isinstance(chunk, bool) or int(chunk) != chunk or int(chunk) < 1:
+        raise ValueError(f"sim.chunk must be a positive integer or 'auto', got {chunk!r}")
+    return int(chunk)
+
+
 def threshold_kwargs(method_cfg) -> dict:
     m = plain(method_cfg)
     hp = dict(m["hparams"])
@@ -376,14 +386,13 @@ def run_evaluate(cfg: DictConfig) -> dict:
     ev = cfg.eval
     T = check_T(ev.T)
     checkpoints = check_checkpoints(ev.checkpoints, T)
-    if int(ev.chunk) < 1:
-        raise ValueError(f"eval.chunk must be >= 1, got {ev.chunk}")
-    dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(ev.dtype))
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(str(cfg.sim.dtype))
     if dtype is None:
-        raise ValueError(f"eval.dtype must be float32 or float64, got {ev.dtype!r}")
+        raise ValueError(f"sim.dtype must be float32 or float64, got {cfg.sim.dtype!r}")
     info = init_distributed(cfg.device)
     try:
         device = resolve_device(cfg.device, info)
+        chunk = sim_chunk(cfg.sim.chunk, device)
         model, sha, ckpt_file = load_ann(cfg, device)
         if not Path(cfg.calibration.artifact).exists():
             if not ev.convert_if_missing:
@@ -412,12 +421,12 @@ def run_evaluate(cfg: DictConfig) -> dict:
                 snn.configure_sc(sc["p"], sc["early_steps"], sc["layers"], sc["reset"], seed)
             key = fingerprint({"ann": sha, "lam": [float(v.sum()) for v in art["lam"]], "method": plain(cfg.method),
                                "T": T, "bs": int(ev.batch_size), "max_samples": ev.max_samples, "seed": seed,
-                               "chunk": int(ev.chunk), "dtype": str(ev.dtype), "sin": bool(ev.sin),
+                               "chunk": chunk, "dtype": str(cfg.sim.dtype), "sin": bool(ev.sin),
                                "theta": bool(ev.theta_traces), "firing": bool(ev.firing_rates),
                                "dataset": plain(cfg.dataset)})
             partial = Path(cfg.paths.ckpt_dir) / "eval_partial" / f"{key}_rank{info.rank}.pt" if ev.resume else None
             raw = evaluate_snn(
-                snn, ann, test, T=T, batch_size=int(ev.batch_size), device=device, chunk=int(ev.chunk), seed=seed,
+                snn, ann, test, T=T, batch_size=int(ev.batch_size), device=device, chunk=chunk, seed=seed,
                 sin=bool(ev.sin), theta_traces=bool(ev.theta_traces), firing_rates=bool(ev.firing_rates),
                 keep_running_state=bool(ev.quirk_no_reset), dtype=dtype, info=info, partial_path=partial,
                 run_key=key, num_workers=int(cfg.dataset.num_workers), progress=bool(cfg.progress),
@@ -445,7 +454,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
             experiment=experiment_name(cfg), dataset=cfg.dataset.name, model=cfg.model.name, width=cfg.model.width,
             method=cfg.method.name, threshold=cfg.method.threshold, hparams=plain(cfg.method.hparams),
             max_spikes=int(cfg.method.max_spikes), v_init=float(cfg.method.v_init),
-            sc=sc, quirk_no_reset=bool(ev.quirk_no_reset), chunk=int(ev.chunk), dtype=str(ev.dtype),
+            sc=sc, quirk_no_reset=bool(ev.quirk_no_reset), chunk=chunk, dtype=str(cfg.sim.dtype),
             seed=int(cfg.seed), ann_checkpoint=ckpt_file, ann_sha256=sha, artifact=str(cfg.calibration.artifact),
             paper=plain(cfg.get("paper", {})), commit=git_commit(), hardware=hardware(),
             command=job_command("evaluate.py"), world_size=info.world, tags=list(cfg.get("tags", [])),

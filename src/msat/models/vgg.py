@@ -37,6 +37,9 @@ class VGG(nn.Module):
                 ]
                 c_in = c_out
         self.features = nn.Sequential(*layers)
+        # after five pools a 32x32 input is 1x1; the global average keeps other sizes valid
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
         self.num_features = c_in
         self.classifier = nn.Linear(c_in, num_classes)
         self.num_classes = num_classes
@@ -45,10 +48,7 @@ class VGG(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        # after five pools a 32x32 input is 1x1; global average keeps other sizes valid
-        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        return self.classifier(x)
+        return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
 @register_model

@@ -1,0 +1,206 @@
+"""Simulation speed and memory of a converted VGG16 (32x32, random weights).
+
+Contenders, on the same weights, batch and T, timed on one thread with
+``time.thread_time()`` (robust to a noisy shared machine), interleaved round by round,
+median of the rounds:
+
+- dense limit: T x one forward of the ANN (BatchNorm and ReLU included);
+- ours, layer-major (``chunk`` steps per call) and step by step (chunk=1), for the
+  const (max-norm IF) and MSAT thresholds;
+- SpikingJelly's converter (``pip install -e '.[bench]'``), step by step, when installed.
+
+Peak memory is the peak RSS of a separate process that simulates T steps (T=64 versus
+T=2048 by default) of the same net at a smaller batch and width, so that T=2048 is quick.
+
+    python benchmarks/simulate.py                   # CPU, 1 thread
+    python benchmarks/simulate.py --device cuda --batch 128 --T 256
+
+The last line is machine-readable: throughput (ours, const, layer-major, images*steps/s),
+dense_ratio (our time / dense-limit time), vs_spikingjelly (our throughput / SpikingJelly's),
+mem_ratio (peak RSS at the long T / at the short T), then the MSAT figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+import msat  # noqa: E402
+from msat.conversion import build_snn, calibrate, prepare_ann  # noqa: E402
+from msat.simulation import iterate_steps  # noqa: E402
+
+
+def build(width: float, num_classes: int, seed: int = 0, device="cpu"):
+    torch.manual_seed(seed)
+    model = msat.create_model("vgg16", num_classes, 3, width).eval()
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():  # non-trivial BN statistics, so that folding matters
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
+    return model.to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def clock(device):
+    return time.perf_counter() if device.type == "cuda" else time.thread_time()
+
+
+def run_ours(ann, lam, method, x, T, chunk):
+    snn = build_snn(ann, lam, method, None if method == "const" else msat.TABLE2["vgg16"]).to(x.device)
+
+    def go():
+        total = None
+        for _, out in iterate_steps(snn, x, T, chunk):
+            s = out.sum(0)
+            total = s if total is None else total + s
+        return total
+
+    return go
+
+
+def run_dense(model, x, T):
+    def go():
+        total = None
+        for _ in range(T):
+            y = model(x)
+            total = y if total is None else total + y
+        return total
+
+    return go
+
+
+def run_spikingjelly(model, calib, x, T):
+    from spikingjelly.activation_based import ann2snn, functional
+
+    net = ann2snn.Converter(recipe=ann2snn.RateCodingRecipe(dataloader=calib, mode="Max"), device=x.device).convert(model)
+    net.eval()
+
+    def go():
+        functional.reset_net(net)
+        total = net(x)
+        for _ in range(1, T):
+            total = total + net(x)
+        return total
+
+    return go
+
+
+def memory_probe(args) -> None:
+    """Child process: simulate T steps, print the peak RSS in MiB."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = build(args.mem_width, 10, device=device)
+    x = torch.randn(args.mem_batch, 3, 32, 32, device=device)
+    ann = prepare_ann(model)
+    lam = calibrate(ann, [x])
+    with torch.inference_mode():
+        run_ours(ann, lam, args.probe_method, x, args.probe_T, args.chunk)()
+    sync(device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"T": args.probe_T, "peak_mib": peak}))
+
+
+def peak_memory(args, T: int, method: str) -> float:
+    cmd = [sys.executable, __file__, "--probe-T", str(T), "--probe-method", method, "--device", args.device,
+           "--threads", str(args.threads), "--chunk", str(args.chunk), "--mem-width", str(args.mem_width),
+           "--mem-batch", str(args.mem_batch)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    return json.loads(out)["peak_mib"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--T", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--methods", default="const,msat")
+    ap.add_argument("--no-spikingjelly", action="store_true")
+    ap.add_argument("--mem-T", default="64,2048", help="short and long T for the memory probe")
+    ap.add_argument("--mem-width", type=float, default=0.25)
+    ap.add_argument("--mem-batch", type=int, default=8)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--probe-T", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-method", default="const", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.probe_T is not None:
+        return memory_probe(args)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    model = build(args.width, 10, device=device)
+    x = torch.randn(args.batch, 3, 32, 32, device=device)
+    calib = [torch.randn(args.batch, 3, 32, 32, device=device)]
+    ann = prepare_ann(model)
+    lam = calibrate(ann, calib)
+    methods = args.methods.split(",")
+
+    contenders = {"dense": run_dense(model, x, args.T)}
+    for m in methods:
+        contenders[f"{m} layer-major"] = run_ours(ann, lam, m, x, args.T, args.chunk)
+        contenders[f"{m} step-by-step"] = run_ours(ann, lam, m, x, args.T, 1)
+    if not args.no_spikingjelly:
+        try:
+            contenders["spikingjelly"] = run_spikingjelly(model, calib, x, args.T)
+        except ImportError:
+            print("spikingjelly is not installed (pip install -e '.[bench]'): skipped")
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    with torch.inference_mode():
+        for fn in contenders.values():  # warm-up
+            fn()
+        for _ in range(args.rounds):
+            for name, fn in contenders.items():
+                sync(device)
+                t0 = clock(device)
+                fn()
+                sync(device)
+                times[name].append(clock(device) - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    work = args.batch * args.T
+    print(f"VGG16 width {args.width}, batch {args.batch}, T={args.T}, chunk={args.chunk}, device {device}, "
+          f"{args.threads} thread(s), median of {args.rounds} rounds ({'thread' if device.type == 'cpu' else 'wall'} time)")
+    print(f"{'contender':<22}{'time (s)':>10}{'images*steps/s':>16}{'vs dense':>10}")
+    for k, v in med.items():
+        print(f"{k:<22}{v:>10.3f}{work / v:>16.1f}{v / med['dense']:>10.3f}")
+    mem = {}
+    if not args.skip_memory:
+        short, long_ = (int(t) for t in args.mem_T.split(","))
+        for m in methods:
+            mem[m] = (peak_memory(args, short, m), peak_memory(args, long_, m))
+            print(f"peak memory ({m}, width {args.mem_width}, batch {args.mem_batch}): T={short}: {mem[m][0]:.1f} MiB, "
+                  f"T={long_}: {mem[m][1]:.1f} MiB, ratio {mem[m][1] / mem[m][0]:.3f}")
+    head = methods[0]
+    ours = med[f"{head} layer-major"]
+    fields = [f"throughput={work / ours:.1f}", f"dense_ratio={ours / med['dense']:.3f}"]
+    fields.append(f"vs_spikingjelly={med['spikingjelly'] / ours:.3f}" if "spikingjelly" in med else "vs_spikingjelly=nan")
+    fields.append(f"mem_ratio={mem[head][1] / mem[head][0]:.3f}" if head in mem else "mem_ratio=nan")
+    for m in methods[1:]:
+        o = med[f"{m} layer-major"]
+        fields += [f"{m}_throughput={work / o:.1f}", f"{m}_dense_ratio={o / med['dense']:.3f}"]
+        if m in mem:
+            fields.append(f"{m}_mem_ratio={mem[m][1] / mem[m][0]:.3f}")
+    print(" ".join(fields))
+
+
+if __name__ == "__main__":
+    main()
