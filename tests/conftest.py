@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,9 +34,26 @@ def compose(overrides=(), root=None):
     if root is not None:
         extra = [f"paths.root={root}", f"paths.output_dir={root}/out", f"paths.data={root}/data"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hcompose(config_name="config", overrides=list(overrides) + extra + ["progress=false"])
+        return hcompose(config_name="config", overrides=extra + ["progress=false"] + list(overrides))
 
 
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda *overrides, root=None: compose(overrides, root or tmp_path)
+
+
+def cli(script, *args, cwd, env=None, timeout=900):
+    """Run an entry script as a user would (W&B disabled unless ``env`` says otherwise)."""
+    e = dict(os.environ, WANDB_MODE="disabled")
+    e.update(env or {})
+    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd,
+                          env=e, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """The demo's first stage through the CLI: a narrow VGG16 trained on the bundled digits."""
+    root = tmp_path_factory.mktemp("digits")
+    r = cli("train_ann.py", "experiment=demo", f"paths.root={root}", "progress=false", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root, r.stdout

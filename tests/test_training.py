@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CIFAR_JPEG, ROOT, compose
+from conftest import CIFAR_JPEG, ROOT, cli, compose
 from msat.checkpoint import CheckpointError, load_ann_checkpoint, model_spec
 from msat.data import build_splits, fashion_mnist_available, make_loader, EpochBatchSampler
 from msat.models import create_model
@@ -17,21 +17,6 @@ from msat.training import TrainingInterrupted
 
 # a small, fast setting: narrow VGG16 on 16x16 digits
 SMALL = ["dataset=digits", "dataset.image_size=16", "model.width=0.125", "train.batch_size=64", "train.lr=0.05"]
-
-
-def cli(script, *args, cwd, env=None, timeout=900):
-    e = dict(os.environ, WANDB_MODE="disabled", **(env or {}))
-    return subprocess.run([sys.executable, str(ROOT / script), *args], capture_output=True, text=True, cwd=cwd,
-                          env=e, timeout=timeout)
-
-
-@pytest.fixture(scope="session")
-def digits_run(tmp_path_factory):
-    """The README's digits command, through the CLI: a narrow VGG16 trained on digits."""
-    root = tmp_path_factory.mktemp("digits")
-    r = cli("train_ann.py", "experiment=demo", f"paths.root={root}", "progress=false", cwd=root)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return root, r.stdout
 
 
 def test_digits_vgg16_reaches_90_percent(digits_run):

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from . import config as _config  # noqa: F401  (registers the method schema)
 from .checkpoint import CheckpointError, model_spec
@@ -25,7 +26,10 @@ from .tracking import git_commit, hardware, wandb_run
 
 # ------------------------------------------------------------------ helpers
 def plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    """A resolved plain container; a missing mandatory value (``???``) is an error naming the key."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    return cfg
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -83,7 +87,7 @@ def user_errors():
     except TrainingInterrupted as exc:
         print(f"\n{exc}", file=sys.stderr)
         sys.exit(128 + int(exc.signum))
-    except (ValueError, FileNotFoundError, NotADirectoryError, TypeError) as exc:
+    except (ValueError, FileNotFoundError, NotADirectoryError, TypeError, MissingMandatoryValue) as exc:
         if os.environ.get("MSAT_DEBUG") or _in_multirun():
             raise
         print(f"error: {exc}", file=sys.stderr)
@@ -259,7 +263,7 @@ def run_convert(cfg: DictConfig) -> dict:
             "neurons": torch.tensor([m.neurons for m in mons], dtype=torch.float64),
             "ans": torch.tensor([m.ans() for m in mons], dtype=torch.float64),
         }
-        sc = resolve_sc(cfg.method.sc, artifact, int(cfg.sin.T), required=False)
+        sc = resolve_sc(cfg.method.sc, artifact, None, required=False)
         summary["sin"] = sin_summary(artifact["sin"], sc)
     out = output_dir(cfg)
     path = Path(cal.artifact)
@@ -280,8 +284,9 @@ def run_convert(cfg: DictConfig) -> dict:
             tr.define_step_metric("timestep", "sin/*")
             for t in range(len(ratio[0])):
                 tr.log({"timestep": t + 1, **{f"sin/ratio_{i}": r[t] for i, r in enumerate(ratio)}})
+            p_all = summary["sin"].get("p_all_layers") or [None] * len(ratio)
             tr.table("sin_layers", ["layer", "name", "ratio_at_T", "ans", "p"],
-                     [[i, n, ratio[i][-1], summary["sin"]["ans"][i], summary["sin"]["p_all_layers"][i]]
+                     [[i, n, ratio[i][-1], summary["sin"]["ans"][i], p_all[i]]
                       for i, n in enumerate(artifact["layer_names"])])
         tr.artifact(f"conversion-{cfg.dataset.name}-{cfg.model.name}", "conversion", path)
     if info.is_main:
@@ -301,9 +306,9 @@ def sin_summary(sin: Mapping[str, Any], sc: Optional[dict]) -> dict:
     return out
 
 
-def resolve_sc(sc_cfg, artifact: Mapping[str, Any], T: int, required: bool = True) -> Optional[dict]:
+def resolve_sc(sc_cfg, artifact: Mapping[str, Any], T: Optional[int], required: bool = True) -> Optional[dict]:
     """Spike-confidence settings: E (or 'auto') and p per layer, from the config or from the
-    artifact's SIN statistics (spec section 3)."""
+    artifact's SIN statistics (spec section 3). ``T``: the simulation length (E <= T)."""
     from .sin import auto_early_steps
 
     sc = plain(sc_cfg)
@@ -326,7 +331,7 @@ def resolve_sc(sc_cfg, artifact: Mapping[str, Any], T: int, required: bool = Tru
     if isinstance(E, bool) or int(E) != E or int(E) < 1:
         raise ValueError(f"method.sc.early_steps must be a positive integer or 'auto', got {E!r}")
     E = int(E)
-    if E > T:
+    if T is not None and E > T:
         raise ValueError(f"spike confidence E={E} is larger than T={T}")
     p = sc["p"]
     p_all = None

@@ -1,0 +1,148 @@
+"""convert.py and evaluate.py end to end, on the narrow VGG16 trained on the bundled digits."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli, compose
+from msat.checkpoint import CheckpointError, atomic_save, safe_load
+from msat.pipeline import run_convert, run_evaluate
+
+DEMO = ["experiment=demo"]
+
+
+@pytest.fixture(scope="module")
+def curves(digits_run):
+    """const and MSAT evaluated once each, T = 256, all 360 test images."""
+    root, _ = digits_run
+    out = {}
+    for method in ("const", "msat"):
+        cfg = compose(DEMO + [f"method={method}", f"paths.output_dir={root}/eval_{method}"], root)
+        out[method] = run_evaluate(cfg)  # converts first: no artifact yet
+    return root, out
+
+
+def test_one_run_gives_every_step(curves):
+    root, res = curves
+    for r in res.values():
+        assert len(r["acc"]) == 256 and r["T"] == 256 and r["n_samples"] == 360
+        assert r["acc_at"].keys() == {"16", "32", "64", "128", "256"}
+        assert r["acc_at"]["64"] == r["acc"][63]
+        assert r["best_acc"] == max(r["acc"]) and r["acc"][r["best_step"] - 1] == r["best_acc"]
+    saved = json.loads((root / "eval_msat" / "results.json").read_text())
+    assert saved["acc"] == res["msat"]["acc"] and saved["method"] == "msat"
+    assert saved["commit"] and saved["hardware"] and saved["command"].startswith("python evaluate.py")
+    for png in ("accuracy.png", "firing_rate.png", "theta.png"):
+        assert (root / "eval_msat" / png).stat().st_size > 1000
+
+
+def test_const_maxnorm_reaches_the_ann(curves):
+    _, res = curves
+    r = res["const"]
+    assert r["ann_acc"] >= 90.0
+    assert r["acc"][255] >= r["ann_acc"] - 1.0, r["acc_at"]
+
+
+def test_msat_is_faster_than_const_early(curves):
+    _, res = curves
+    for t in (32, 64):
+        assert res["msat"]["acc"][t - 1] > res["const"]["acc"][t - 1], (t, res["msat"]["acc_at"], res["const"]["acc_at"])
+
+
+def test_statistics_are_reported(curves):
+    _, res = curves
+    r = res["msat"]
+    L = len(r["layers"])
+    assert L == 13 and len(r["firing_rate"]) == L and 0 < r["firing_rate_mean"] < 1
+    assert len(r["theta_traces"]) == L and len(r["theta_traces"][0]["mean"]) == 256
+    th = r["theta_traces"][3]
+    assert all(lo <= hi for lo, hi in zip(th["p10"], th["p90"]))
+    e = r["energy"]
+    from msat.energy import energy_ratio_from_totals
+
+    assert e["op_ann_first"] > 0 and e["op_snn_rest"] > 0
+    assert e["energy_ratio"] == pytest.approx(
+        energy_ratio_from_totals(e["op_ann_first"], e["op_ann_rest"], e["op_snn_rest"]))
+    # n[l] = firing rate x T: the SNN op count follows the measured spikes
+    assert r["spikes_per_neuron"][0] == pytest.approx(r["firing_rate"][0] * 256)
+    # const thresholds are constant: theta * lam = lam at every step
+    c = res["const"]["theta_traces"][0]
+    assert max(c["mean"]) == pytest.approx(min(c["mean"]))
+
+
+def test_artifact_contents_and_hash(curves):
+    root, _ = curves
+    art = safe_load(root / "checkpoints/digits/vgg16_w0.25_s0/conversion/msat_p1.0_cwFalse.pt", "artifact")
+    assert art["kind"] == "conversion" and len(art["lam"]) == 13 and len(art["layer_names"]) == 13
+    assert art["sin"]["sin_count"].shape == (13, 128) and art["calibration"]["percentile"] == 1.0
+    from msat.checkpoint import file_sha256
+
+    assert art["ann_sha256"] == file_sha256(root / "checkpoints/digits/vgg16_w0.25_s0/last.pt")
+
+
+# ----------------------------------------------------------------- bad input
+@pytest.fixture
+def small_root(digits_run, tmp_path):
+    """A private copy of the trained digits checkpoint (bad-input tests may damage it)."""
+    src, _ = digits_run
+    ck = tmp_path / "checkpoints/digits/vgg16_w0.25_s0"
+    ck.mkdir(parents=True)
+    shutil.copy(src / "checkpoints/digits/vgg16_w0.25_s0/last.pt", ck / "last.pt")
+    return tmp_path
+
+
+FAST = DEMO + ["eval.T=8", "eval.checkpoints=[4,8]", "eval.max_samples=20", "sin.T=8", "eval.plots=false"]
+
+
+def test_artifact_from_another_checkpoint_is_refused(small_root):
+    run_convert(compose(FAST, small_root))
+    ck = small_root / "checkpoints/digits/vgg16_w0.25_s0/last.pt"
+    state = safe_load(ck)
+    state["model"]["classifier.bias"] += 0.01  # a different ANN under the same name
+    atomic_save(state, ck)
+    with pytest.raises(CheckpointError, match="made from another ANN checkpoint"):
+        run_evaluate(compose(FAST, small_root))
+
+
+@pytest.mark.parametrize("override,match", [
+    ("eval.T=0", "positive integer"),
+    ("eval.T=-5", "positive integer"),
+    ("eval.checkpoints=[4,16]", r"outside 1..T=8"),
+    ("method.threshold=adaptive", "unknown method 'adaptive'"),
+    ("method.hparams.alpha=???", "alpha"),
+    ("calibration.percentile=0", r"percentile must lie in \(0, 1\]"),
+    ("calibration.percentile=1.2", r"percentile must lie in \(0, 1\]"),
+    ("sim.chunk=0", "sim.chunk"),
+])
+def test_bad_evaluate_arguments(small_root, override, match):
+    with pytest.raises(Exception, match=match):
+        run_evaluate(compose(FAST + [override], small_root))
+
+
+def test_missing_checkpoint_and_unknown_method_on_the_cli(tmp_path):
+    r = cli("evaluate.py", *FAST, f"paths.root={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 2 and "ANN checkpoint not found" in r.stderr and "train_ann.py" in r.stderr
+    r = cli("evaluate.py", *FAST, "method=fancy", f"paths.root={tmp_path}", cwd=tmp_path)
+    assert r.returncode != 0 and "fancy" in r.stderr
+
+
+def test_checkpoint_for_other_class_count(small_root):
+    with pytest.raises(CheckpointError, match="num_classes: checkpoint has 10, config asks for 12"):
+        run_convert(compose(FAST + ["dataset.num_classes=12",
+                                    f"paths.ckpt_dir={small_root}/checkpoints/digits/vgg16_w0.25_s0"], small_root))
+
+
+def test_cli_evaluate_with_wandb_offline(small_root):
+    """The full CLI path with W&B in offline mode: logs locally, never touches the network."""
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(small_root), "WANDB_SILENT": "true"}
+    r = cli("evaluate.py", *FAST, f"paths.root={small_root}", f"hydra.run.dir={small_root}/run", cwd=small_root,
+            env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((small_root / "run" / "results.json").read_text())
+    assert len(res["acc"]) == 8
+    runs = list((small_root / "run" / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run was written"
+    assert "T=4" in r.stdout and "T=8" in r.stdout
