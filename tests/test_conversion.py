@@ -5,7 +5,7 @@ from torch import nn
 
 import msat
 from msat.conversion import ConversionError, LamObserver, calibrate, prepare_ann
-from msat.neurons import IFNeuron, LIPool
+from msat.neurons import LIPool
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -2,10 +2,8 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import cli, compose
 from msat.checkpoint import CheckpointError, atomic_save, safe_load

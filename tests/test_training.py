@@ -1,16 +1,13 @@
-import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import CIFAR_JPEG, ROOT, cli, compose
 from msat.checkpoint import CheckpointError, load_ann_checkpoint, model_spec
-from msat.data import build_splits, fashion_mnist_available, make_loader, EpochBatchSampler
+from msat.data import EpochBatchSampler, build_splits, fashion_mnist_available, make_loader
 from msat.models import create_model
 from msat.pipeline import run_train
 from msat.training import TrainingInterrupted

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from .checkpoint import atomic_save, safe_load, FORMAT_VERSION
+from .checkpoint import FORMAT_VERSION, atomic_save, safe_load
 from .distributed import DistInfo, all_reduce_sum
 from .monitors import FiringMonitor, ThetaMonitor
 from .simulation import SpikingNetwork, check_T, iterate_steps

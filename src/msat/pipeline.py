@@ -12,7 +12,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -207,15 +207,23 @@ def threshold_kwargs(method_cfg) -> dict:
 # ------------------------------------------------------------------ stage 2
 def run_convert(cfg: DictConfig) -> dict:
     """Calibrate lam, measure SIN and spike confidence, save the conversion artifact (convert.py)."""
+    info = init_distributed(cfg.device)
+    try:
+        name = f"convert-{cfg.dataset.name}-{cfg.model.name}-{cfg.method.name}"
+        with wandb_run(cfg.wandb, resolved_config(cfg), "convert", output_dir(cfg), name, enabled=info.is_main) as tr:
+            return convert_stage(cfg, tr, info)
+    finally:
+        cleanup(info)
+
+
+def convert_stage(cfg: DictConfig, tr, info) -> dict:
     import time as _time
 
     from .checkpoint import FORMAT_VERSION, atomic_save
     from .conversion import build_snn, calibrate, prepare_ann
     from .data import build_splits
     from .sin import sin_statistics
-    from .tracking import plot_curves
 
-    info = init_distributed(cfg.device)
     device = resolve_device(cfg.device, info)
     cal = cfg.calibration
     if not 0.0 < float(cal.percentile) <= 1.0:
@@ -265,34 +273,40 @@ def run_convert(cfg: DictConfig) -> dict:
         }
         sc = resolve_sc(cfg.method.sc, artifact, None, required=False)
         summary["sin"] = sin_summary(artifact["sin"], sc)
-    out = output_dir(cfg)
     path = Path(cal.artifact)
-    atomic_save(artifact, path)
     summary.update(artifact=str(path), ann_sha256=sha, commit=artifact["commit"], hardware=artifact["hardware"],
                    command=artifact["command"])
-    (out / "conversion.json").write_text(json.dumps(summary, indent=2))
-    with wandb_run(cfg.wandb, resolved_config(cfg), "convert", out,
-                   f"convert-{cfg.dataset.name}-{cfg.model.name}-{cfg.method.name}", enabled=info.is_main) as tr:
-        tr.table("lam", ["layer", "name", "lam_max", "lam_mean"],
-                 [[i, n, float(v.max()), float(v.float().mean())] for i, (n, v) in enumerate(zip(artifact["layer_names"], lam))])
-        if artifact["sin"] is not None:
-            ratio = summary["sin"]["ratio"]
-            png = plot_curves(out / "sin_ratio.png", {f"{i}: {n}": r for i, (n, r) in enumerate(zip(artifact["layer_names"], ratio))},
-                              f"SIN ratio per layer ({cfg.model.name}, {cfg.dataset.name}, {cfg.method.threshold})",
-                              ylabel="neurons with SIN / neurons")
-            tr.image("sin_ratio", png)
-            tr.define_step_metric("timestep", "sin/*")
-            for t in range(len(ratio[0])):
-                tr.log({"timestep": t + 1, **{f"sin/ratio_{i}": r[t] for i, r in enumerate(ratio)}})
-            p_all = summary["sin"].get("p_all_layers") or [None] * len(ratio)
-            tr.table("sin_layers", ["layer", "name", "ratio_at_T", "ans", "p"],
-                     [[i, n, ratio[i][-1], summary["sin"]["ans"][i], p_all[i]]
-                      for i, n in enumerate(artifact["layer_names"])])
-        tr.artifact(f"conversion-{cfg.dataset.name}-{cfg.model.name}", "conversion", path)
     if info.is_main:
+        atomic_save(artifact, path)
+        out = output_dir(cfg)
+        (out / "conversion.json").write_text(json.dumps(summary, indent=2))
+        log_conversion(tr, cfg, artifact, summary, out, path)
         print(f"saved conversion artifact {path} ({len(lam)} spiking layers)")
-    cleanup(info)
     return summary
+
+
+def log_conversion(tr, cfg: DictConfig, artifact: Mapping[str, Any], summary: Mapping[str, Any], out: Path,
+                   path: Path) -> None:
+    """lam table, SIN curves (paper Fig. 2 style PNG) and the artifact itself."""
+    from .tracking import plot_curves
+
+    names = artifact["layer_names"]
+    tr.table("lam", ["layer", "name", "lam_max", "lam_mean"],
+             [[i, n, float(v.max()), float(v.float().mean())] for i, (n, v) in enumerate(zip(names, artifact["lam"]))])
+    if artifact["sin"] is not None:
+        ratio = summary["sin"]["ratio"]
+        png = plot_curves(out / "sin_ratio.png", {f"{i}: {n}": r for i, (n, r) in enumerate(zip(names, ratio))},
+                          f"SIN ratio per layer ({cfg.model.name}, {cfg.dataset.name}, {cfg.method.threshold})",
+                          ylabel="neurons with SIN / neurons")
+        tr.image("convert/sin_ratio", png)
+        tr.define_step_metric("timestep", "sin/*")
+        for t in range(len(ratio[0])):
+            tr.log({"timestep": t + 1, **{f"sin/ratio_{i}": r[t] for i, r in enumerate(ratio)}})
+        p_all = summary["sin"].get("p_all_layers") or [None] * len(ratio)
+        tr.table("sin_layers", ["layer", "name", "ratio_at_T", "ratio_among_fired_at_T", "ans", "p"],
+                 [[i, n, ratio[i][-1], summary["sin"]["ratio_among_fired"][i][-1], summary["sin"]["ans"][i], p_all[i]]
+                  for i, n in enumerate(names)])
+    tr.artifact(f"conversion-{cfg.dataset.name}-{cfg.model.name}", "conversion", path)
 
 
 def sin_summary(sin: Mapping[str, Any], sc: Optional[dict]) -> dict:
@@ -382,10 +396,7 @@ def load_artifact(cfg: DictConfig, sha: str) -> dict:
 
 def run_evaluate(cfg: DictConfig) -> dict:
     """Simulate the converted SNN over the test set; accuracy at every step (evaluate.py)."""
-    from .conversion import build_snn, prepare_ann
-    from .data import build_splits, subset
-    from .energy import energy_ratio, layer_ops
-    from .evaluation import check_checkpoints, evaluate_snn, fingerprint, summarize
+    from .evaluation import check_checkpoints
     from .simulation import check_T
 
     ev = cfg.eval
@@ -396,81 +407,92 @@ def run_evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"sim.dtype must be float32 or float64, got {cfg.sim.dtype!r}")
     info = init_distributed(cfg.device)
     try:
-        device = resolve_device(cfg.device, info)
-        chunk = sim_chunk(cfg.sim.chunk, device)
-        model, sha, ckpt_file = load_ann(cfg, device)
-        if not Path(cfg.calibration.artifact).exists():
-            if not ev.convert_if_missing:
-                raise CheckpointError(f"conversion artifact not found: {cfg.calibration.artifact}; run convert.py first")
-            if info.is_main:
-                print(f"no conversion artifact at {cfg.calibration.artifact}: running convert first")
-                run_convert(cfg)
-            from .distributed import barrier
-
-            barrier(info)
-        art = load_artifact(cfg, sha)
-        model = model.to(dtype)
-        ann = prepare_ann(model)
-        snn = build_snn(ann, [l.to(dtype) for l in art["lam"]], **threshold_kwargs(cfg.method)).to(device)
-        for n_ in snn.neurons:
-            n_.lam = n_.lam.to(dtype)
-        sc = resolve_sc(cfg.method.sc, art, T) if cfg.method.sc.enabled else None
-        splits = build_splits(cfg.dataset, seed=cfg.seed)
-        check_splits(cfg, splits)
-        test = subset(splits.test, ev.max_samples, seed=0)
-        out = output_dir(cfg)
-        seeds = sc["seeds"] if sc else [0]
-        runs = []
-        for seed in seeds:
-            if sc:
-                snn.configure_sc(sc["p"], sc["early_steps"], sc["layers"], sc["reset"], seed)
-            key = fingerprint({"ann": sha, "lam": [float(v.sum()) for v in art["lam"]], "method": plain(cfg.method),
-                               "T": T, "bs": int(ev.batch_size), "max_samples": ev.max_samples, "seed": seed,
-                               "chunk": chunk, "dtype": str(cfg.sim.dtype), "sin": bool(ev.sin),
-                               "theta": bool(ev.theta_traces), "firing": bool(ev.firing_rates),
-                               "dataset": plain(cfg.dataset)})
-            partial = Path(cfg.paths.ckpt_dir) / "eval_partial" / f"{key}_rank{info.rank}.pt" if ev.resume else None
-            raw = evaluate_snn(
-                snn, ann, test, T=T, batch_size=int(ev.batch_size), device=device, chunk=chunk, seed=seed,
-                sin=bool(ev.sin), theta_traces=bool(ev.theta_traces), firing_rates=bool(ev.firing_rates),
-                keep_running_state=bool(ev.quirk_no_reset), dtype=dtype, info=info, partial_path=partial,
-                run_key=key, num_workers=int(cfg.dataset.num_workers), progress=bool(cfg.progress),
-            )
-            runs.append(summarize(raw, snn, checkpoints, float(ev.tol)))
-            if partial is not None and partial.exists():
-                partial.unlink()
-        res = runs[0]
-        if len(runs) > 1:
-            curves = torch.tensor([r["acc"] for r in runs])
-            res = dict(res)
-            res["acc"] = curves.mean(0).tolist()
-            res["acc_std"] = curves.std(0).tolist()
-            res["acc_per_seed"] = {str(s): r["acc"] for s, r in zip(seeds, runs)}
-            res["acc_at"] = {str(t): res["acc"][t - 1] for t in checkpoints}
-            bt = max(range(T), key=lambda i: (res["acc"][i], -i))
-            res["best_acc"], res["best_step"] = res["acc"][bt], bt + 1
-            res["step_within_tol"] = next((t + 1 for t in range(T) if res["acc"][t] >= res["ann_acc"] - float(ev.tol)), None)
-            res["final_acc"] = res["acc"][-1]
-        if "spikes_per_neuron" in res:
-            x0 = test[0][0].unsqueeze(0).to(device=device, dtype=dtype)
-            ops = layer_ops(ann, x0)
-            res["energy"] = energy_ratio(ops, res["spikes_per_neuron"], res["neurons_per_sample"])
-        res.update(
-            experiment=experiment_name(cfg), dataset=cfg.dataset.name, model=cfg.model.name, width=cfg.model.width,
-            method=cfg.method.name, threshold=cfg.method.threshold, hparams=plain(cfg.method.hparams),
-            max_spikes=int(cfg.method.max_spikes), v_init=float(cfg.method.v_init),
-            sc=sc, quirk_no_reset=bool(ev.quirk_no_reset), chunk=chunk, dtype=str(cfg.sim.dtype),
-            seed=int(cfg.seed), ann_checkpoint=ckpt_file, ann_sha256=sha, artifact=str(cfg.calibration.artifact),
-            paper=plain(cfg.get("paper", {})), commit=git_commit(), hardware=hardware(),
-            command=job_command("evaluate.py"), world_size=info.world, tags=list(cfg.get("tags", [])),
-        )
-        if info.is_main:
-            (out / "results.json").write_text(json.dumps(res, indent=2))
-            print(format_curve_table({cfg.method.name: res}, checkpoints))
-            log_evaluation(cfg, res, out)
-        return res
+        name = f"eval-{cfg.dataset.name}-{cfg.model.name}-{cfg.method.name}"
+        with wandb_run(cfg.wandb, resolved_config(cfg), "evaluate", output_dir(cfg), name, enabled=info.is_main) as tr:
+            return evaluate_stage(cfg, tr, info, T, checkpoints, dtype)
     finally:
         cleanup(info)
+
+
+def evaluate_stage(cfg: DictConfig, tr, info, T: int, checkpoints: Sequence[int], dtype: torch.dtype) -> dict:
+    from .conversion import build_snn, prepare_ann
+    from .data import build_splits, subset
+    from .distributed import barrier
+    from .energy import energy_ratio, layer_ops
+    from .evaluation import evaluate_snn, fingerprint, summarize
+
+    ev = cfg.eval
+    device = resolve_device(cfg.device, info)
+    chunk = sim_chunk(cfg.sim.chunk, device)
+    model, sha, ckpt_file = load_ann(cfg, device)
+    if not Path(cfg.calibration.artifact).exists():
+        if not ev.convert_if_missing:
+            raise CheckpointError(f"conversion artifact not found: {cfg.calibration.artifact}; run convert.py first")
+        if info.is_main:
+            print(f"no conversion artifact at {cfg.calibration.artifact}: running convert first")
+            convert_stage(cfg, tr, info)
+        barrier(info)
+    art = load_artifact(cfg, sha)
+    model = model.to(dtype)
+    ann = prepare_ann(model)
+    snn = build_snn(ann, [v.to(dtype) for v in art["lam"]], **threshold_kwargs(cfg.method)).to(device)
+    for n_ in snn.neurons:
+        n_.lam = n_.lam.to(dtype)
+    sc = resolve_sc(cfg.method.sc, art, T) if cfg.method.sc.enabled else None
+    splits = build_splits(cfg.dataset, seed=cfg.seed)
+    check_splits(cfg, splits)
+    test = subset(splits.test, ev.max_samples, seed=0)
+    out = output_dir(cfg)
+    seeds = sc["seeds"] if sc else [0]
+    runs = []
+    for seed in seeds:
+        if sc:
+            snn.configure_sc(sc["p"], sc["early_steps"], sc["layers"], sc["reset"], seed)
+        key = fingerprint({"ann": sha, "lam": [float(v.sum()) for v in art["lam"]], "method": plain(cfg.method),
+                           "T": T, "bs": int(ev.batch_size), "max_samples": ev.max_samples, "seed": seed,
+                           "chunk": chunk, "dtype": str(cfg.sim.dtype), "sin": bool(ev.sin),
+                           "theta": bool(ev.theta_traces), "firing": bool(ev.firing_rates),
+                           "dataset": plain(cfg.dataset)})
+        partial = Path(cfg.paths.ckpt_dir) / "eval_partial" / f"{key}_rank{info.rank}.pt" if ev.resume else None
+        raw = evaluate_snn(
+            snn, ann, test, T=T, batch_size=int(ev.batch_size), device=device, chunk=chunk, seed=seed,
+            sin=bool(ev.sin), theta_traces=bool(ev.theta_traces), firing_rates=bool(ev.firing_rates),
+            keep_running_state=bool(ev.quirk_no_reset), dtype=dtype, info=info, partial_path=partial,
+            run_key=key, num_workers=int(cfg.dataset.num_workers), progress=bool(cfg.progress),
+        )
+        runs.append(summarize(raw, snn, checkpoints, float(ev.tol)))
+        if partial is not None and partial.exists():
+            partial.unlink()
+    res = runs[0]
+    if len(runs) > 1:
+        curves = torch.tensor([r["acc"] for r in runs])
+        res = dict(res)
+        res["acc"] = curves.mean(0).tolist()
+        res["acc_std"] = curves.std(0).tolist()
+        res["acc_per_seed"] = {str(s): r["acc"] for s, r in zip(seeds, runs)}
+        res["acc_at"] = {str(t): res["acc"][t - 1] for t in checkpoints}
+        bt = max(range(T), key=lambda i: (res["acc"][i], -i))
+        res["best_acc"], res["best_step"] = res["acc"][bt], bt + 1
+        res["step_within_tol"] = next((t + 1 for t in range(T) if res["acc"][t] >= res["ann_acc"] - float(ev.tol)), None)
+        res["final_acc"] = res["acc"][-1]
+    if "spikes_per_neuron" in res:
+        x0 = test[0][0].unsqueeze(0).to(device=device, dtype=dtype)
+        ops = layer_ops(ann, x0)
+        res["energy"] = energy_ratio(ops, res["spikes_per_neuron"], res["neurons_per_sample"])
+    res.update(
+        experiment=experiment_name(cfg), dataset=cfg.dataset.name, model=cfg.model.name, width=cfg.model.width,
+        method=cfg.method.name, threshold=cfg.method.threshold, hparams=plain(cfg.method.hparams),
+        max_spikes=int(cfg.method.max_spikes), v_init=float(cfg.method.v_init),
+        sc=sc, quirk_no_reset=bool(ev.quirk_no_reset), chunk=chunk, dtype=str(cfg.sim.dtype),
+        seed=int(cfg.seed), ann_checkpoint=ckpt_file, ann_sha256=sha, artifact=str(cfg.calibration.artifact),
+        paper=plain(cfg.get("paper", {})), commit=git_commit(), hardware=hardware(),
+        command=job_command("evaluate.py"), world_size=info.world, tags=list(cfg.get("tags", [])),
+    )
+    if info.is_main:
+        (out / "results.json").write_text(json.dumps(res, indent=2))
+        print(format_curve_table({cfg.method.name: res}, checkpoints))
+        log_evaluation(cfg, res, out, tr)
+    return res
 
 
 def format_curve_table(results: Mapping[str, Mapping[str, Any]], checkpoints: Sequence[int]) -> str:
@@ -485,7 +507,7 @@ def format_curve_table(results: Mapping[str, Mapping[str, Any]], checkpoints: Se
     return "\n".join(lines)
 
 
-def log_evaluation(cfg: DictConfig, res: Mapping[str, Any], out: Path) -> None:
+def log_evaluation(cfg: DictConfig, res: Mapping[str, Any], out: Path, tr) -> None:
     from .tracking import plot_bars, plot_curves
 
     pngs = {}
@@ -509,26 +531,24 @@ def log_evaluation(cfg: DictConfig, res: Mapping[str, Any], out: Path) -> None:
         if "sin" in res:
             pngs["sin"] = plot_curves(out / "sin_ratio_eval.png", {f"{i}": r for i, r in enumerate(res["sin"]["ratio"])},
                                       "SIN ratio per layer over the test set", ylabel="neurons with SIN / neurons")
-    name = f"eval-{cfg.dataset.name}-{cfg.model.name}-{cfg.method.name}"
-    with wandb_run(cfg.wandb, resolved_config(cfg), "evaluate", out, name) as tr:
-        tr.define_step_metric("timestep", "curve/*")
-        std = res.get("acc_std")
-        for t, a in enumerate(res["acc"]):
-            row = {"timestep": t + 1, "curve/snn_acc": a, "curve/ann_acc": res["ann_acc"]}
-            if std:
-                row["curve/snn_acc_std"] = std[t]
-            for i, th in enumerate(res.get("theta_traces", [])):
-                row[f"curve/theta_mean_{i}"] = th["mean"][t]
-            for i, r in enumerate(res.get("sin", {}).get("ratio", [])):
-                row[f"curve/sin_ratio_{i}"] = r[t]
-            tr.log(row)
-        tr.table("accuracy_at_T", ["T", "snn_acc", "ann_acc"], [[int(t), a, res["ann_acc"]] for t, a in res["acc_at"].items()])
-        if "firing_rate" in res:
-            tr.table("layers", ["layer", "name", "firing_rate"],
-                     [[i, n, r] for i, (n, r) in enumerate(zip(res["layers"], res["firing_rate"]))])
-        tr.summary({"ann_acc": res["ann_acc"], "best_acc": res["best_acc"], "best_step": res["best_step"],
-                    "step_within_tol": res["step_within_tol"], "firing_rate_mean": res.get("firing_rate_mean"),
-                    "energy_ratio": res.get("energy", {}).get("energy_ratio"),
-                    **{f"acc_T{t}": a for t, a in res["acc_at"].items()}})
-        for k, p in pngs.items():
-            tr.image(f"plot/{k}", p)
+    tr.define_step_metric("timestep", "curve/*")
+    std = res.get("acc_std")
+    for t, a in enumerate(res["acc"]):
+        row = {"timestep": t + 1, "curve/snn_acc": a, "curve/ann_acc": res["ann_acc"]}
+        if std:
+            row["curve/snn_acc_std"] = std[t]
+        for i, th in enumerate(res.get("theta_traces", [])):
+            row[f"curve/theta_mean_{i}"] = th["mean"][t]
+        for i, r in enumerate(res.get("sin", {}).get("ratio", [])):
+            row[f"curve/sin_ratio_{i}"] = r[t]
+        tr.log(row)
+    tr.table("accuracy_at_T", ["T", "snn_acc", "ann_acc"], [[int(t), a, res["ann_acc"]] for t, a in res["acc_at"].items()])
+    if "firing_rate" in res:
+        tr.table("layers", ["layer", "name", "firing_rate"],
+                 [[i, n, r] for i, (n, r) in enumerate(zip(res["layers"], res["firing_rate"]))])
+    tr.summary({"ann_acc": res["ann_acc"], "best_acc": res["best_acc"], "best_step": res["best_step"],
+                "step_within_tol": res["step_within_tol"], "firing_rate_mean": res.get("firing_rate_mean"),
+                "energy_ratio": res.get("energy", {}).get("energy_ratio"),
+                **{f"acc_T{t}": a for t, a in res["acc_at"].items()}})
+    for k, p in pngs.items():
+        tr.image(f"plot/{k}", p)

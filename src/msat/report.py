@@ -109,8 +109,10 @@ def _fmt(v: Any, digits: int = 2) -> str:
 
 
 def _diff(ours: Any, paper: Any) -> str:
+    """ours - paper, with the precision of the paper's number (accuracies: 2 decimals)."""
     if isinstance(ours, (int, float)) and isinstance(paper, (int, float)):
-        return _fmt(float(ours) - float(paper))
+        d = float(ours) - float(paper)
+        return f"{d:.4f}" if abs(paper) < 0.1 else f"{d:.2f}"
     return "-"
 
 

@@ -15,7 +15,7 @@ Calling the module runs exactly one time step, which is the documented API
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.fx as fx
@@ -124,7 +124,7 @@ class SpikingNetwork(nn.Module):
     def reset(self, seed: Optional[int] = None, keep_running_state: bool = False) -> None:
         """Reset all state before a new batch. ``seed`` reseeds spike-confidence draws
         (per layer: ``seed + layer index``); None uses the configured seed."""
-        for i, m in enumerate(self._step_modules):
+        for m in self._step_modules:
             m.reset(None, keep_running_state)
         for i, n in enumerate(self.neurons):
             base = n.sc_seed if seed is None else seed

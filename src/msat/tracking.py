@@ -104,6 +104,9 @@ def wandb_run(
     )
     try:
         yield Tracker(run)
+    except BaseException:
+        run.finish(exit_code=1)  # marked failed; the next multirun job starts clean
+        raise
     finally:
         wandb.finish()
 

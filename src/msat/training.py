@@ -148,7 +148,7 @@ def fit(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     decay, no_decay = [], []
-    for n_, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim <= 1 and train.get("no_decay_bn_bias", False) else decay).append(p)
     groups = [{"params": decay, "weight_decay": float(train["weight_decay"])}]
     if no_decay:

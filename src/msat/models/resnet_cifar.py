@@ -8,8 +8,8 @@ global average pool; one Linear layer.
 from __future__ import annotations
 
 import torch
-from torch import nn
 from timm.models import register_model
+from torch import nn
 
 from .vgg import scaled
 

@@ -9,8 +9,8 @@ reaches zero).
 from __future__ import annotations
 
 import torch
-from torch import nn
 from timm.models import register_model
+from torch import nn
 
 # config table: channel counts, "M" = 2x2 max-pool
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

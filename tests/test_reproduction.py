@@ -1,0 +1,134 @@
+"""The reproduction harness: Hydra multirun over experiments, the report, SC and quirk options."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, compose
+from msat.pipeline import run_convert, run_evaluate
+from msat.report import main as report_main
+
+TINY = ["dataset=digits", "model.width=0.25", "eval.max_samples=20", "eval.checkpoints=[4]", "sin.T=8",
+        "calibration.num_batches=2", "eval.plots=false", "progress=false"]
+
+
+@pytest.fixture
+def ckpt_root(digits_run, tmp_path):
+    src, _ = digits_run
+    ck = tmp_path / "checkpoints/digits/vgg16_w0.25_s0"
+    ck.mkdir(parents=True)
+    shutil.copy(src / "checkpoints/digits/vgg16_w0.25_s0/last.pt", ck / "last.pt")
+    return tmp_path
+
+
+def test_multirun_over_experiments_survives_a_failing_job(ckpt_root):
+    """Three experiments x two T: the T=4 jobs fail (E=6 > T) after their W&B run started;
+    Hydra goes on, and every W&B run is finished (failed ones with exit code 1)."""
+    sweep = ckpt_root / "mr"
+    args = ["-m", "experiment=glob(fig5_const*)", *TINY, "eval.T=8,4", "method.sc.enabled=true",
+            "method.sc.early_steps=6", f"paths.root={ckpt_root}", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(ckpt_root))
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True, text=True,
+                       cwd=ckpt_root, env=env, timeout=900)
+    assert r.returncode == 1, r.stderr[-3000:]  # Hydra reports the failed jobs at the end
+    assert "spike confidence E=6 is larger than T=4" in r.stderr
+    results = sorted(sweep.rglob("results.json"))
+    assert len(results) == 3
+    assert sorted(json.loads(p.read_text())["method"] for p in results) == ["const", "const_0.2", "const_0.5"]
+    logs = sorted(sweep.rglob("offline-run-*/logs/debug.log"))
+    assert len(logs) == 6
+    texts = [p.read_text() for p in logs]
+    assert all("finishing run" in t for t in texts)
+    assert sum("got exitcode: 1" in t for t in texts) == 3
+
+    # the report over the sweep: one markdown table, one overlaid PNG for the fig5 group
+    assert report_main([str(sweep)]) == 0
+    md = (sweep / "report.md").read_text()
+    assert md.count("| const") >= 3 and "## Fig. 5" in md
+    assert (sweep / "report_plots" / "fig5_digits_vgg16.png").exists()
+
+
+def _fake_result(path, **kw):
+    res = dict(method="msat_sc", experiment="table4_vgg16_cifar10", dataset="cifar10", model="vgg16", width=1.0,
+               ann_acc=95.0, acc=[float(t) for t in range(1, 65)], best_acc=64.0, best_step=64, step_within_tol=None,
+               tol=0.1, T=64, command="python evaluate.py experiment=table4_vgg16_cifar10", commit="abc123def456789",
+               hardware="Test CPU, 2 cores, torch 2.14.1", tags=["table4"], sc={"p": [0.9]})
+    res.update(kw)
+    path.mkdir(parents=True)
+    (path / "results.json").write_text(json.dumps(res))
+
+
+def test_report_on_two_results(tmp_path, capsys):
+    _fake_result(tmp_path / "a", paper={"table": "Table 4", "ann": 95.45, "acc_at": {"16": 73.42, "32": 93.87}})
+    _fake_result(tmp_path / "b", experiment="table3_vgg16_cifar10", method="msat_sc", ann_acc=95.5, best_acc=95.2,
+                 best_step=60, step_within_tol=None, tags=["table3"],
+                 paper={"table": "Table 3", "ann": 95.45, "snn": 95.45, "loss": 0.0, "step": 112})
+    assert report_main([str(tmp_path), "--no-plots"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    lines = md.splitlines()
+    row16 = next(line for line in lines if "| acc T=16 |" in line)
+    cells = [c.strip() for c in row16.split("|")]
+    assert cells[4:7] == ["16.00", "73.42", "-57.42"]
+    assert "`python evaluate.py experiment=table4_vgg16_cifar10`" in row16 and "abc123def456" in row16
+    assert "Test CPU" in row16
+    ann = next(line for line in lines if "Table 3" not in line and "| ANN acc |" in line and "table3" in line)
+    assert "| 95.50 | 95.45 | 0.05 |" in ann
+    step = next(line for line in lines if "Step (first t" in line)
+    assert "| - | 112 | - |" in step  # never within tol in 64 steps
+    assert "## Table 3" in md and "## Table 4" in md
+    # the side-by-side curves
+    assert report_main([str(tmp_path), "--curves"]) == 0
+    out = capsys.readouterr().out
+    assert "T=16" in out and "T=64" in out and "T=128" not in out
+
+
+def test_report_without_results_is_an_error(tmp_path, capsys):
+    assert report_main([str(tmp_path)]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    r = subprocess.run(["make", "-s", "report", f"OUT={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "no results.json" in r.stderr
+
+
+# ----------------------------------------------------------------- SC and quirk in evaluate.py
+def test_sc_needs_sin_statistics(ckpt_root):
+    run_convert(compose(TINY + ["sin.enabled=false"], ckpt_root))
+    with pytest.raises(ValueError, match="rerun convert.py with sin.enabled=true"):
+        run_evaluate(compose(TINY + ["eval.T=8", "method=msat_sc", "method.sc.early_steps=4", "sin.enabled=false",
+                                     "calibration.artifact=${paths.ckpt_dir}/conversion/msat_p1.0_cwFalse.pt"],
+                             ckpt_root))
+
+
+@pytest.mark.parametrize("override,match", [
+    ("method.sc.early_steps=20", "E=20 is larger than T=8"),
+    ("method.sc.p=1.5", r"\[0, 1\]"),
+    ("method.sc.p=[0.5,0.5]", "2 values for 1 spike-confidence layers"),
+    ("method.sc.reset=both", "fired' or 'emitted"),
+])
+def test_sc_bad_arguments_in_evaluate(ckpt_root, override, match):
+    with pytest.raises(ValueError, match=match):
+        run_evaluate(compose(TINY + ["eval.T=8", "method=msat_sc", override], ckpt_root))
+
+
+def test_sc_seeds_reproducible_and_spread(ckpt_root):
+    base = TINY + ["eval.T=16", "eval.checkpoints=[8,16]", "method=msat_sc", "method.sc.early_steps=8"]
+    a = run_evaluate(compose(base + ["method.sc.seed=3"], ckpt_root))
+    b = run_evaluate(compose(base + ["method.sc.seed=3"], ckpt_root))
+    assert a["acc"] == b["acc"] and a["sc"]["seed"] == 3
+    m = run_evaluate(compose(base + ["method.sc.seeds=[0,1,2]"], ckpt_root))
+    assert len(m["acc_std"]) == 16 and set(m["acc_per_seed"]) == {"0", "1", "2"}
+    assert 0 < m["sc"]["p"][0] <= 1
+
+
+def test_eval_sin_statistics_and_quirk_switch(ckpt_root):
+    base = TINY + ["eval.T=64", "eval.checkpoints=[32,64]", "eval.batch_size=7", "eval.sin=true"]
+    plain = run_evaluate(compose(base, ckpt_root))
+    assert len(plain["sin"]["ratio"]) == 13 and len(plain["sin"]["ratio"][0]) == 64
+    assert plain["acc"][63] > 50  # the SNN is past chance, so the quirk can show
+    assert plain["sin"]["ans_last"] >= 0
+    quirk = run_evaluate(compose(base + ["eval.quirk_no_reset=true"], ckpt_root))
+    assert quirk["quirk_no_reset"] is True
+    assert quirk["acc"] != plain["acc"]  # batches after the first start from the previous state
