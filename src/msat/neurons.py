@@ -76,6 +76,45 @@ def softplus(z: torch.Tensor) -> torch.Tensor:
     return torch.exp(z.abs().neg_()).add_(1.0).log2_().mul_(LN2).add_(z.clamp(min=0))
 
 
+# ----------------------------------------------------------------- fused (torch.compile) update
+def _fused_const(v, s, inp, lam, theta: float):
+    """One step with a scalar threshold (const, and t=1 of the adaptive rules)."""
+    v = v + inp / lam
+    fired = (v >= theta).to(v.dtype)
+    y = fired * theta
+    v = v - y
+    return v, (None if s is None else s + v), fired, y * lam
+
+
+def _fused_adaptive(v, s, inp, lam, inv_tm1, hp: tuple, use_dtt: bool, use_det: bool):
+    """One step of MSAT / DTT / DET for t >= 2 (spec section 2), as one fused kernel."""
+    alpha, V_T, k_a, k_i, tau_mp, tau_rd, C = hp
+    x = inp / lam
+    z = torch.zeros_like(x)
+    if use_dtt:
+        d = v - s * inv_tm1
+        dk = d / k_i
+        sp = torch.log2(torch.exp(-dk.abs()) + 1.0) * LN2 + dk.clamp(min=0)
+        z = z + tau_mp * (alpha * d + V_T + k_a * sp)
+    if use_det:
+        z = z + tau_rd * torch.exp(-x / C)
+    theta = torch.sigmoid(z)
+    v = v + x
+    fired = (v >= theta).to(v.dtype)
+    y = fired * theta
+    v = v - y
+    return v, (None if s is None else s + v), fired, theta, y * lam
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
+
+
 def _charge(spikes: torch.Tensor, theta, dtype: torch.dtype) -> torch.Tensor:
     """spikes * theta as a float tensor of ``dtype`` (spikes: bool or a float count)."""
     if isinstance(theta, torch.Tensor) or (spikes.dtype == dtype) or (
@@ -142,6 +181,7 @@ class IFNeuron(StepModule):
         self.sc_seed_batch = 0
         self._generator: Optional[torch.Generator] = None
         self.monitors: list = []
+        self.compiled = False  # torch.compile'd update (sim.compile)
         self._dead: Optional[torch.Tensor] = None
         self.v: Optional[torch.Tensor] = None
         self.s: Optional[torch.Tensor] = None  # running sum of residuals (DTT)
@@ -220,6 +260,8 @@ class IFNeuron(StepModule):
             self.s = self.s[: inp.shape[0]].contiguous()
         self.t += 1
         t = self.t
+        if self.compiled and self._dead is None and self.max_spikes == 1 and (self.sc_p is None or t > self.sc_steps):
+            return self._fused_step(inp, t, out)
         v = self.v
         if self.method in ("msat", "det") or self._dead is not None:
             x = inp / lam  # x_t, in units of lam
@@ -258,6 +300,23 @@ class IFNeuron(StepModule):
         if out is not None:
             return torch.mul(y, lam, out=out)
         return y.mul_(lam) if torch.result_type(y, lam) == y.dtype else y * lam
+
+    def _fused_step(self, inp: torch.Tensor, t: int, out: Optional[torch.Tensor]) -> torch.Tensor:
+        hp = self.hp
+        if self.method == "const" or t == 1:
+            theta = hp["frac"] if self.method == "const" else 1.0
+            self.v, s, fired, y = _compiled(_fused_const)(self.v, self.s, inp, self.lam, theta)
+        else:
+            inv = torch.full((), 1.0 / (t - 1), dtype=inp.dtype, device=inp.device)
+            tau_rd = hp["tau_rd"] * hp["tau_rd"] if hp["tau_rd_twice"] else hp["tau_rd"]
+            consts = (hp["alpha"], hp["V_T"], hp["k_a"], hp["k_i"], hp["tau_mp"], tau_rd, hp["C"])
+            self.v, s, fired, theta, y = _compiled(_fused_adaptive)(
+                self.v, self.s, inp, self.lam, inv, consts, self.method in ("msat", "dtt"), self.method in ("msat", "det"))
+        if s is not None:
+            self.s = s
+        for m in self.monitors:
+            m.on_step(self, t, theta, fired, fired)
+        return y if out is None else out.copy_(y)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         B, xs = self._split_steps(inp, self.static_input)
