@@ -23,8 +23,9 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-def compose(overrides=(), root=None):
-    """The Hydra config the scripts would see, with outputs under ``root``."""
+def compose(overrides=(), root=None, config_name="config"):
+    """The Hydra config the scripts would see, with outputs under ``root`` (``config_name="snn"``
+    for train_snn.py)."""
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
@@ -34,7 +35,7 @@ def compose(overrides=(), root=None):
     if root is not None:
         extra = [f"paths.root={root}", f"paths.output_dir={root}/out", f"paths.data={root}/data"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hcompose(config_name="config", overrides=extra + ["progress=false"] + list(overrides))
+        return hcompose(config_name=config_name, overrides=extra + ["progress=false"] + list(overrides))
 
 
 @pytest.fixture

@@ -70,19 +70,27 @@ def model_spec(name: str, num_classes: int, in_channels: int, width: float) -> d
 
 def check_model_spec(saved: Mapping[str, Any], wanted: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Refuse a checkpoint saved for another architecture, class count, input or width."""
-    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config asks for {wanted[k]!r}"
-             for k in ("name", "num_classes", "in_channels", "width") if saved.get(k) != wanted[k]]
+    keys = ["name", "num_classes", "in_channels", "width"] + sorted(set(saved) | set(wanted) - {
+        "name", "num_classes", "in_channels", "width"})
+    diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config asks for {wanted.get(k)!r}"
+             for k in keys if saved.get(k) != wanted.get(k)]
     if diffs:
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model ({'; '.join(diffs)})")
 
 
-def load_ann_checkpoint(path: str | os.PathLike, wanted_spec: Optional[Mapping[str, Any]] = None) -> dict:
-    """Load a train_ann.py checkpoint; with ``wanted_spec``, check that it fits."""
-    ckpt = safe_load(path, "ANN checkpoint")
-    kind = ckpt.get("kind")
-    if kind != "ann":
+KIND_SOURCES = {"ann": "train_ann.py", "mt_snn": "train_snn.py"}
+
+
+def load_ann_checkpoint(path: str | os.PathLike, wanted_spec: Optional[Mapping[str, Any]] = None,
+                        kind: str = "ann") -> dict:
+    """Load a train_ann.py (``kind="ann"``) or train_snn.py (``"mt_snn"``) checkpoint; with
+    ``wanted_spec``, check that it fits the configured model."""
+    ckpt = safe_load(path, "checkpoint")
+    found = ckpt.get("kind")
+    if found != kind:
         raise CheckpointError(
-            f"{str(path)!r} is a {kind!r} checkpoint, not an ANN checkpoint from train_ann.py"
+            f"{str(path)!r} is a {found!r} checkpoint (from {KIND_SOURCES.get(found, '?')}), not a {kind!r} "
+            f"checkpoint from {KIND_SOURCES[kind]}"
         )
     if wanted_spec is not None:
         check_model_spec(ckpt["model_spec"], wanted_spec, path)

@@ -85,6 +85,9 @@ def build_transforms(aug: Mapping[str, Any], mean, std, image_size: int, pil: bo
         train.append(T.RandomCrop(image_size, padding=pad))
     if aug.get("flip", False):
         train.append(T.RandomHorizontalFlip())
+    if aug.get("rotation", 0) or aug.get("translate", 0):
+        shift = float(aug.get("translate", 0) or 0)
+        train.append(T.RandomAffine(float(aug.get("rotation", 0) or 0), translate=(shift, shift) if shift else None))
     if aug.get("autoaugment", False):
         if not pil:
             raise DatasetError("autoaugment needs image inputs (cifar10, cifar100)")

@@ -186,24 +186,10 @@ def summarize(raw: Mapping[str, Any], snn: SpikingNetwork, checkpoints: Sequence
     per-layer firing rates, theta traces and SIN statistics."""
     core = raw["core"]
     n = float(core["n"])
-    acc = (100.0 * core["correct"] / n).tolist()
-    T = len(acc)
+    T = len(core["correct"])
     ann_acc = 100.0 * float(core["ann_correct"]) / n
-    best_t = max(range(T), key=lambda i: (acc[i], -i))
-    within = next((t + 1 for t in range(T) if acc[t] >= ann_acc - tol), None)
-    res: dict[str, Any] = {
-        "n_samples": int(n),
-        "T": T,
-        "ann_acc": ann_acc,
-        "acc": acc,
-        "acc_at": {str(t): acc[t - 1] for t in check_checkpoints(checkpoints, T)},
-        "best_acc": acc[best_t],
-        "best_step": best_t + 1,
-        "step_within_tol": within,
-        "tol": tol,
-        "final_acc": acc[-1],
-        "layers": snn.layer_names,
-    }
+    res: dict[str, Any] = summarize_curve(core["correct"], n, checkpoints, tol, ann_acc)
+    res["layers"] = snn.layer_names
     mons = raw["monitors"]
     if mons.firing:
         rates = [m.rate() for m in mons.firing]
@@ -227,3 +213,50 @@ def summarize(raw: Mapping[str, Any], snn: SpikingNetwork, checkpoints: Sequence
     res["throughput_image_steps_per_s"] = raw["image_steps"] / raw["elapsed_s"] if raw["elapsed_s"] else None
     res["elapsed_s"] = raw["elapsed_s"]
     return res
+
+
+# ----------------------------------------------------------------- directly trained MT-SNNs
+@torch.no_grad()
+def evaluate_multistep(model, dataset, *, T: int, batch_size: int, device: torch.device, info: DistInfo = DistInfo(),
+                       num_workers: int = 0, progress: bool = True) -> dict:
+    """Accuracy after every t = 1..T of a :class:`msat.mt.MultiStepNet` (readout averaged over
+    steps 1..t), from one run of T steps per batch; sharded over ranks like :func:`evaluate_snn`."""
+    T = check_T(T)
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("the evaluation set is empty")
+    model.eval()
+    n_batches = math.ceil(n / batch_size)
+    mine = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in range(n_batches) if b % info.world == info.rank]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=num_workers)
+    correct = torch.zeros(T, dtype=torch.float64, device=device)
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    if progress and info.is_main:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, total=len(mine), desc=f"evaluate T={T}", leave=False, dynamic_ncols=True, disable=None)
+    t0 = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        out = model.forward_steps(x, T)  # [T, B, classes]
+        cum = torch.cumsum(out.double(), 0)  # the mean over 1..t has the same argmax
+        correct += (cum.argmax(-1) == y).sum(1)
+        count += len(y)
+    all_reduce_sum(correct, info)
+    all_reduce_sum(count, info)
+    return {"correct": correct.cpu(), "n": float(count), "elapsed_s": time.perf_counter() - t0}
+
+
+def summarize_curve(correct: torch.Tensor, n: float, checkpoints: Sequence[int], tol: float,
+                    ann_acc: Optional[float]) -> dict:
+    acc = (100.0 * correct / n).tolist()
+    T = len(acc)
+    best_t = max(range(T), key=lambda i: (acc[i], -i))
+    within = None
+    if ann_acc is not None:
+        within = next((t + 1 for t in range(T) if acc[t] >= ann_acc - tol), None)
+    return {
+        "n_samples": int(n), "T": T, "ann_acc": ann_acc, "acc": acc,
+        "acc_at": {str(t): acc[t - 1] for t in check_checkpoints(checkpoints, T)},
+        "best_acc": acc[best_t], "best_step": best_t + 1, "step_within_tol": within, "tol": tol, "final_acc": acc[-1],
+    }

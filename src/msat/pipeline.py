@@ -395,10 +395,14 @@ def load_artifact(cfg: DictConfig, sha: str) -> dict:
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
-    """Simulate the converted SNN over the test set; accuracy at every step (evaluate.py)."""
+    """Simulate the converted SNN over the test set; accuracy at every step (evaluate.py).
+
+    With the ``snn`` primary config (``--config-name snn``) it evaluates a train_snn.py checkpoint."""
     from .evaluation import check_checkpoints
     from .simulation import check_T
 
+    if "snn" in cfg:
+        return run_evaluate_mt(cfg)
     ev = cfg.eval
     T = check_T(ev.T)
     checkpoints = check_checkpoints(ev.checkpoints, T)
@@ -500,7 +504,8 @@ def format_curve_table(results: Mapping[str, Mapping[str, Any]], checkpoints: Se
     head = f"{'method':<12}{'ANN':>8}" + "".join(f"{'T=' + str(t):>9}" for t in checkpoints) + f"{'best':>9}{'@t':>6}{'Step':>6}"
     lines = [head, "-" * len(head)]
     for name, r in results.items():
-        row = f"{name:<12}{r['ann_acc']:>8.2f}" + "".join(f"{r['acc'][t - 1]:>9.2f}" for t in checkpoints if t <= r["T"])
+        ann = f"{r['ann_acc']:>8.2f}" if r.get("ann_acc") is not None else f"{'-':>8}"
+        row = f"{name:<12}{ann}" + "".join(f"{r['acc'][t - 1]:>9.2f}" for t in checkpoints if t <= r["T"])
         step = r.get("step_within_tol")
         row += f"{r['best_acc']:>9.2f}{r['best_step']:>6}{(step if step is not None else '-'):>6}"
         lines.append(row)
@@ -552,3 +557,109 @@ def log_evaluation(cfg: DictConfig, res: Mapping[str, Any], out: Path, tr) -> No
                 **{f"acc_T{t}": a for t, a in res["acc_at"].items()}})
     for k, p in pngs.items():
         tr.image(f"plot/{k}", p)
+
+
+# ------------------------------------------------------------------ MT-SNN (train_snn.py)
+def mt_model_spec(cfg: DictConfig) -> dict:
+    """The model spec of a train_snn.py run (checked against checkpoints)."""
+    from .mt import check_deltas
+
+    neuron = cfg.neuron
+    T = neuron.T
+    if isinstance(T, bool) or int(T) != T or int(T) < 1:
+        raise ValueError(f"neuron.T (time steps for training) must be an integer >= 1, got {T!r}")
+    if neuron.kind not in ("plif", "relu"):
+        raise ValueError(f"neuron.kind must be 'plif' or 'relu', got {neuron.kind!r}")
+    return dict(name=str(cfg.snn.name), num_classes=int(cfg.dataset.num_classes), in_channels=int(cfg.dataset.in_channels),
+                width=float(cfg.snn.width), T=int(T), deltas=check_deltas(list(neuron.deltas)),
+                input_size=int(cfg.dataset.image_size), neuron=str(neuron.kind))
+
+
+def run_train_snn(cfg: DictConfig) -> dict:
+    """Train an MT-SNN (or its ST baseline, or the ANN twin) directly (train_snn.py)."""
+    from .data import build_splits
+    from .training import fit
+
+    spec = mt_model_spec(cfg)
+    info = init_distributed(cfg.device)
+    try:
+        device = resolve_device(cfg.device, info)
+        splits = build_splits(cfg.dataset, seed=cfg.seed)
+        check_splits(cfg, splits)
+        out = output_dir(cfg)
+        full = resolved_config(cfg)
+        name = f"train_snn-{cfg.dataset.name}-{cfg.snn.name}-{cfg.neuron.name}-T{cfg.neuron.T}-s{cfg.seed}"
+        factory = lambda run_id: wandb_run(cfg.wandb, full, "train_snn", out, name, run_id, enabled=info.is_main)  # noqa: E731
+        metrics = fit(model_spec=spec, splits=splits, train=plain(cfg.train), ckpt_dir=cfg.paths.ckpt_dir,
+                      seed=int(cfg.seed), resume=bool(cfg.resume), device=device, info=info, tracker_factory=factory,
+                      run_config=full, progress=bool(cfg.progress), num_workers=int(cfg.dataset.num_workers),
+                      kind="mt_snn")
+        if info.is_main:
+            summary = {k: v for k, v in metrics.items() if k != "history"}
+            summary.update(model_spec=spec, commit=git_commit(), hardware=hardware(), command=job_command("train_snn.py"))
+            (out / "train_metrics.json").write_text(json.dumps({**summary, "history": metrics["history"]}, indent=2))
+        return metrics
+    finally:
+        cleanup(info)
+
+
+def load_mt(path: Path, spec: Optional[dict], device: torch.device):
+    from .checkpoint import load_ann_checkpoint
+    from .models import create_model
+
+    ckpt = load_ann_checkpoint(path, spec, kind="mt_snn")
+    model = create_model(**ckpt["model_spec"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+def run_evaluate_mt(cfg: DictConfig) -> dict:
+    """Accuracy of a train_snn.py checkpoint after every t = 1..T (`evaluate.py --config-name snn`)."""
+    from .checkpoint import file_sha256
+    from .data import build_splits, subset
+    from .evaluation import evaluate_multistep, summarize_curve
+    from .simulation import check_T
+
+    T = check_T(cfg.eval.T)
+    spec = mt_model_spec(cfg)
+    info = init_distributed(cfg.device)
+    try:
+        device = resolve_device(cfg.device, info)
+        path = Path(cfg.paths.ckpt_dir) / "last.pt"
+        if not path.exists():
+            raise CheckpointError(f"MT-SNN checkpoint not found: {str(path)!r}; train it with train_snn.py first")
+        model, _ = load_mt(path, spec, device)
+        splits = build_splits(cfg.dataset, seed=cfg.seed)
+        check_splits(cfg, splits)
+        test = subset(splits.test, cfg.eval.max_samples, seed=0)
+        kw = dict(batch_size=int(cfg.eval.batch_size), device=device, info=info,
+                  num_workers=int(cfg.dataset.num_workers), progress=bool(cfg.progress))
+        ann_acc = None
+        if cfg.eval.ann_twin:
+            twin, _ = load_mt(Path(cfg.eval.ann_twin), None, device)
+            if twin.neuron != "relu":
+                raise ValueError(f"eval.ann_twin {cfg.eval.ann_twin} is not an ANN twin (neuron=ann) checkpoint")
+            r = evaluate_multistep(twin, test, T=1, **kw)
+            ann_acc = 100.0 * float(r["correct"][0]) / r["n"]
+        raw = evaluate_multistep(model, test, T=T, **kw)
+        res = summarize_curve(raw["correct"], raw["n"], [t for t in cfg.eval.checkpoints if t <= T] or [T],
+                              float(cfg.eval.tol), ann_acc)
+        res.update(experiment=experiment_name(cfg), dataset=cfg.dataset.name, model=cfg.snn.name, width=cfg.snn.width,
+                   method=f"{cfg.neuron.name}-snn", neuron=plain(cfg.neuron), trained_T=spec["T"], seed=int(cfg.seed),
+                   checkpoint=str(path), checkpoint_sha256=file_sha256(path), paper=plain(cfg.get("paper", {})),
+                   commit=git_commit(), hardware=hardware(), command=job_command("evaluate.py --config-name snn"),
+                   world_size=info.world, tags=list(cfg.get("tags", [])), elapsed_s=raw["elapsed_s"])
+        if info.is_main:
+            out = output_dir(cfg)
+            (out / "results.json").write_text(json.dumps(res, indent=2))
+            cps = list(range(1, T + 1)) if T <= 8 else [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= T]
+            print(format_curve_table({res["method"]: res}, cps))
+            name = f"eval-{cfg.dataset.name}-{cfg.snn.name}-{cfg.neuron.name}"
+            with wandb_run(cfg.wandb, resolved_config(cfg), "evaluate", out, name) as tr:
+                tr.define_step_metric("timestep", "curve/*")
+                for t, a in enumerate(res["acc"]):
+                    tr.log({"timestep": t + 1, "curve/snn_acc": a})
+                tr.summary({"best_acc": res["best_acc"], "best_step": res["best_step"], "ann_acc": ann_acc})
+        return res
+    finally:
+        cleanup(info)

@@ -123,8 +123,12 @@ def fit(
     run_config: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
     num_workers: int = 0,
+    kind: str = "ann",
 ) -> dict:
-    """Train (or resume) an ANN; returns the final metrics. Rank 0 writes ``last.pt`` and ``best.pt``."""
+    """Train (or resume) a model built by ``create_model(**model_spec)``; returns the final metrics.
+
+    ``kind`` ("ann" or "mt_snn") is written into the checkpoint, so that later stages refuse
+    the wrong kind. Rank 0 writes ``last.pt`` and ``best.pt``."""
     check_train_args(train)
     ckpt_dir = Path(ckpt_dir)
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -137,8 +141,8 @@ def fit(
                 f"resume=true but there is no checkpoint at {str(last_path)!r}; run without resume to start fresh"
             )
         ckpt = safe_load(last_path, "checkpoint", map_location="cpu")
-        if ckpt.get("kind") != "ann":
-            raise CheckpointError(f"{last_path} is not an ANN training checkpoint")
+        if ckpt.get("kind") != kind:
+            raise CheckpointError(f"{last_path} is a {ckpt.get('kind')!r} checkpoint; this run trains {kind!r}")
         check_model_spec(ckpt["model_spec"], model_spec, last_path)
 
     torch.manual_seed(seed)
@@ -167,9 +171,17 @@ def fit(
     total_steps = epochs * steps_per_epoch
     warmup = int(float(train.get("warmup_epochs", 0)) * steps_per_epoch)
 
-    def lr_lambda(step: int) -> float:  # linear warm-up, then cosine decay to 0
+    schedule = train.get("schedule", "cosine")
+    milestones = [int(m) * steps_per_epoch for m in (train.get("milestones") or [])]
+    gamma = float(train.get("gamma", 0.1))
+    if schedule not in ("cosine", "step"):
+        raise ValueError(f"train.schedule must be 'cosine' or 'step', got {schedule!r}")
+
+    def lr_lambda(step: int) -> float:  # linear warm-up, then cosine decay to 0 (or steps of gamma)
         if step < warmup:
             return (step + 1) / warmup
+        if schedule == "step":
+            return gamma ** sum(step >= m for m in milestones)
         return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
@@ -206,7 +218,7 @@ def fit(
         atomic_save(
             {
                 "format_version": FORMAT_VERSION,
-                "kind": "ann",
+                "kind": kind,
                 "model_spec": dict(model_spec),
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),

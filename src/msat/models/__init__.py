@@ -6,9 +6,10 @@ from __future__ import annotations
 import timm
 from torch import nn
 
-from . import resnet_cifar, resnet_imagenet, vgg  # noqa: F401  (registers the models)
+from . import mt_nets, resnet_cifar, resnet_imagenet, vgg  # noqa: F401  (registers the models)
 
 MODEL_NAMES = ("vgg16", "resnet20", "resnet34")
+MT_MODEL_NAMES = ("mt_vgg8", "mt_vgg9", "mt_resnet20")
 
 
 def create_model(
@@ -17,14 +18,24 @@ def create_model(
     in_channels: int = 3,
     width: float = 1.0,
     pretrained: bool = False,
+    **kwargs,
 ) -> nn.Module:
-    """Build one of the zoo's nets by its short name (``vgg16``, ``resnet20``, ``resnet34``)."""
-    if name not in MODEL_NAMES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    """Build one of the zoo's nets by its short name (``vgg16``, ``resnet20``, ``resnet34``, or the
+    MT-SNN nets ``mt_vgg8``, ``mt_vgg9``, ``mt_resnet20`` with ``T``, ``deltas``, ``input_size``, ``neuron``)."""
+    if name not in MODEL_NAMES + MT_MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES + MT_MODEL_NAMES)}")
     if num_classes < 1 or in_channels < 1 or width <= 0:
         raise ValueError(
             f"invalid model shape: num_classes={num_classes}, in_channels={in_channels}, width={width}"
         )
-    return timm.create_model(
-        f"msat_{name}", pretrained=pretrained, num_classes=num_classes, in_channels=in_channels, width=width
-    )
+    timm_name = name if name in MT_MODEL_NAMES else f"msat_{name}"
+    if name in MT_MODEL_NAMES:
+        deltas = kwargs.get("deltas")
+        if deltas is not None:
+            kwargs["deltas"] = list(deltas)
+        if kwargs.get("T", 1) < 1:
+            raise ValueError(f"T must be >= 1 for training, got {kwargs['T']}")
+    elif kwargs:
+        raise ValueError(f"unexpected arguments for {name}: {sorted(kwargs)}")
+    return timm.create_model(timm_name, pretrained=pretrained, num_classes=num_classes, in_channels=in_channels,
+                             width=width, **kwargs)
