@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from timm.models import register_model
 from torch import nn
 
