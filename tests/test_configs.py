@@ -70,3 +70,14 @@ def test_wandb_mode_respects_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
     assert compose([], tmp_path).wandb.mode == "offline"
     assert compose(["wandb.mode=online"], tmp_path).wandb.mode == "online"
+
+
+def test_wandb_sweep_parameters_are_valid_overrides(tmp_path):
+    import yaml
+
+    sweep = yaml.safe_load((CONF / "sweeps" / "msat_hparams.yaml").read_text())
+    assert sweep["command"][:3] == ["${env}", "${interpreter}", "${program}"] and "${args_no_hyphens}" in sweep["command"]
+    fixed = [c for c in sweep["command"] if "=" in c and not c.startswith("$")]
+    cfg = compose(fixed + [f"{k}=0.5" for k in sweep["parameters"]], tmp_path)
+    assert cfg.method.hparams.alpha == 0.5 and cfg.method.hparams.tau_rd == 0.5
+    assert f"acc_T{sweep['metric']['name'].split('T')[-1]}" == sweep["metric"]["name"]
