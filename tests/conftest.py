@@ -58,3 +58,15 @@ def digits_run(tmp_path_factory):
     r = cli("train_ann.py", "experiment=demo", f"paths.root={root}", "progress=false", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     return root, r.stdout
+
+
+@pytest.fixture
+def ckpt_root(digits_run, tmp_path):
+    """A private copy of the trained digits checkpoint under tmp_path (tests may damage it)."""
+    import shutil
+
+    src, _ = digits_run
+    ck = tmp_path / "checkpoints/digits/vgg16_w0.25_s0"
+    ck.mkdir(parents=True)
+    shutil.copy(src / "checkpoints/digits/vgg16_w0.25_s0/last.pt", ck / "last.pt")
+    return tmp_path

@@ -181,11 +181,8 @@ def test_checkpoint_kinds_are_not_mixed(tmp_path, digits_run):
         run_evaluate(snn_cfg(tmp_path, "train.epochs=1"))
 
 
-def test_method_max_spikes_below_one_is_an_error(tmp_path, digits_run):
-    src, _ = digits_run
-    ck = tmp_path / "checkpoints/digits/vgg16_w0.25_s0"
-    ck.mkdir(parents=True)
-    shutil.copy(src / "checkpoints/digits/vgg16_w0.25_s0/last.pt", ck / "last.pt")
+def test_method_max_spikes_below_one_is_an_error(ckpt_root):
+    tmp_path = ckpt_root
     with pytest.raises(ValueError, match="max_spikes must be an integer >= 1"):
         run_evaluate(compose(["experiment=demo", "method=burst", "method.max_spikes=0", "eval.T=8",
                               "eval.checkpoints=[8]", "sin.T=8", "eval.max_samples=10"], tmp_path))

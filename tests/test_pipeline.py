@@ -1,7 +1,6 @@
 """convert.py and evaluate.py end to end, on the narrow VGG16 trained on the bundled digits."""
 
 import json
-import shutil
 
 import pytest
 
@@ -82,27 +81,17 @@ def test_artifact_contents_and_hash(curves):
 
 
 # ----------------------------------------------------------------- bad input
-@pytest.fixture
-def small_root(digits_run, tmp_path):
-    """A private copy of the trained digits checkpoint (bad-input tests may damage it)."""
-    src, _ = digits_run
-    ck = tmp_path / "checkpoints/digits/vgg16_w0.25_s0"
-    ck.mkdir(parents=True)
-    shutil.copy(src / "checkpoints/digits/vgg16_w0.25_s0/last.pt", ck / "last.pt")
-    return tmp_path
-
-
 FAST = DEMO + ["eval.T=8", "eval.checkpoints=[4,8]", "eval.max_samples=20", "sin.T=8", "eval.plots=false"]
 
 
-def test_artifact_from_another_checkpoint_is_refused(small_root):
-    run_convert(compose(FAST, small_root))
-    ck = small_root / "checkpoints/digits/vgg16_w0.25_s0/last.pt"
+def test_artifact_from_another_checkpoint_is_refused(ckpt_root):
+    run_convert(compose(FAST, ckpt_root))
+    ck = ckpt_root / "checkpoints/digits/vgg16_w0.25_s0/last.pt"
     state = safe_load(ck)
     state["model"]["classifier.bias"] += 0.01  # a different ANN under the same name
     atomic_save(state, ck)
     with pytest.raises(CheckpointError, match="made from another ANN checkpoint"):
-        run_evaluate(compose(FAST, small_root))
+        run_evaluate(compose(FAST, ckpt_root))
 
 
 @pytest.mark.parametrize("override,match", [
@@ -115,9 +104,9 @@ def test_artifact_from_another_checkpoint_is_refused(small_root):
     ("calibration.percentile=1.2", r"percentile must lie in \(0, 1\]"),
     ("sim.chunk=0", "sim.chunk"),
 ])
-def test_bad_evaluate_arguments(small_root, override, match):
+def test_bad_evaluate_arguments(ckpt_root, override, match):
     with pytest.raises(Exception, match=match):
-        run_evaluate(compose(FAST + [override], small_root))
+        run_evaluate(compose(FAST + [override], ckpt_root))
 
 
 def test_missing_checkpoint_and_unknown_method_on_the_cli(tmp_path):
@@ -127,20 +116,20 @@ def test_missing_checkpoint_and_unknown_method_on_the_cli(tmp_path):
     assert r.returncode != 0 and "fancy" in r.stderr
 
 
-def test_checkpoint_for_other_class_count(small_root):
+def test_checkpoint_for_other_class_count(ckpt_root):
     with pytest.raises(CheckpointError, match="num_classes: checkpoint has 10, config asks for 12"):
         run_convert(compose(FAST + ["dataset.num_classes=12",
-                                    f"paths.ckpt_dir={small_root}/checkpoints/digits/vgg16_w0.25_s0"], small_root))
+                                    f"paths.ckpt_dir={ckpt_root}/checkpoints/digits/vgg16_w0.25_s0"], ckpt_root))
 
 
-def test_cli_evaluate_with_wandb_offline(small_root):
+def test_cli_evaluate_with_wandb_offline(ckpt_root):
     """The full CLI path with W&B in offline mode: logs locally, never touches the network."""
-    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(small_root), "WANDB_SILENT": "true"}
-    r = cli("evaluate.py", *FAST, f"paths.root={small_root}", f"hydra.run.dir={small_root}/run", cwd=small_root,
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(ckpt_root), "WANDB_SILENT": "true"}
+    r = cli("evaluate.py", *FAST, f"paths.root={ckpt_root}", f"hydra.run.dir={ckpt_root}/run", cwd=ckpt_root,
             env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((small_root / "run" / "results.json").read_text())
+    res = json.loads((ckpt_root / "run" / "results.json").read_text())
     assert len(res["acc"]) == 8
-    runs = list((small_root / "run" / "wandb").glob("offline-run-*"))
+    runs = list((ckpt_root / "run" / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run was written"
     assert "T=4" in r.stdout and "T=8" in r.stdout

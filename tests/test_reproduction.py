@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,15 +13,6 @@ from msat.report import main as report_main
 
 TINY = ["dataset=digits", "model.width=0.25", "eval.max_samples=20", "eval.checkpoints=[4]", "sin.T=8",
         "calibration.num_batches=2", "eval.plots=false", "progress=false"]
-
-
-@pytest.fixture
-def ckpt_root(digits_run, tmp_path):
-    src, _ = digits_run
-    ck = tmp_path / "checkpoints/digits/vgg16_w0.25_s0"
-    ck.mkdir(parents=True)
-    shutil.copy(src / "checkpoints/digits/vgg16_w0.25_s0/last.pt", ck / "last.pt")
-    return tmp_path
 
 
 def test_multirun_over_experiments_survives_a_failing_job(ckpt_root):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -103,15 +102,6 @@ def test_first_layer_runs_once_per_batch():
 # ----------------------------------------------------------------- evaluate.py: DDP and resume
 TINY = ["experiment=demo", "eval.max_samples=40", "eval.batch_size=8", "eval.T=48", "eval.checkpoints=[16,48]",
         "eval.plots=false", "sin.T=16", "calibration.num_batches=2", "method=msat_sc", "eval.sin=true"]
-
-
-@pytest.fixture
-def ckpt_root(digits_run, tmp_path):
-    src, _ = digits_run
-    ck = tmp_path / "checkpoints/digits/vgg16_w0.25_s0"
-    ck.mkdir(parents=True)
-    shutil.copy(src / "checkpoints/digits/vgg16_w0.25_s0/last.pt", ck / "last.pt")
-    return tmp_path
 
 
 def test_torchrun_evaluation_equals_one_process(ckpt_root):

@@ -112,9 +112,10 @@ def trace(model: nn.Module) -> fx.GraphModule:
         ) from exc
 
 
-def _depends_on_input(gm: fx.GraphModule) -> set[fx.Node]:
+def input_dependent(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose value depends on a placeholder (the model input)."""
     dep: set[fx.Node] = set()
-    for node in gm.graph.nodes:
+    for node in graph.nodes:
         if node.op == "placeholder" or any(a in dep for a in node.all_input_nodes):
             dep.add(node)
     return dep
@@ -133,7 +134,7 @@ def _unique_module_target(gm: fx.GraphModule, base: str) -> str:
 
 def _check_ops(gm: fx.GraphModule) -> None:
     """Reject operations that a rate-coded SNN cannot represent."""
-    dep = _depends_on_input(gm)
+    dep = input_dependent(gm.graph)
     for node in gm.graph.nodes:
         bad = False
         if node.op == "call_module":

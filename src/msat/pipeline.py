@@ -107,6 +107,12 @@ def _in_multirun() -> bool:
 # ------------------------------------------------------------------ stage 1
 def run_train(cfg: DictConfig) -> dict:
     """Train the ANN described by ``cfg`` (train_ann.py)."""
+    name = f"train-{cfg.dataset.name}-{cfg.model.name}-w{cfg.model.width}-s{cfg.seed}"
+    return train_stage(cfg, the_model_spec(cfg), kind="ann", job="train", name=name, script="train_ann.py")
+
+
+def train_stage(cfg: DictConfig, spec: dict, kind: str, job: str, name: str, script: str) -> dict:
+    """Shared by train_ann.py and train_snn.py: data, W&B, fit(), and train_metrics.json."""
     from .data import build_splits
     from .training import fit
 
@@ -117,25 +123,14 @@ def run_train(cfg: DictConfig) -> dict:
         check_splits(cfg, splits)
         out = output_dir(cfg)
         full = resolved_config(cfg)
-        name = f"train-{cfg.dataset.name}-{cfg.model.name}-w{cfg.model.width}-s{cfg.seed}"
-        factory = lambda run_id: wandb_run(cfg.wandb, full, "train", out, name, run_id, enabled=info.is_main)  # noqa: E731
-        metrics = fit(
-            model_spec=the_model_spec(cfg),
-            splits=splits,
-            train=plain(cfg.train),
-            ckpt_dir=cfg.paths.ckpt_dir,
-            seed=int(cfg.seed),
-            resume=bool(cfg.resume),
-            device=device,
-            info=info,
-            tracker_factory=factory,
-            run_config=full,
-            progress=bool(cfg.progress),
-            num_workers=int(cfg.dataset.num_workers),
-        )
+        factory = lambda run_id: wandb_run(cfg.wandb, full, job, out, name, run_id, enabled=info.is_main)  # noqa: E731
+        metrics = fit(model_spec=spec, splits=splits, train=plain(cfg.train), ckpt_dir=cfg.paths.ckpt_dir,
+                      seed=int(cfg.seed), resume=bool(cfg.resume), device=device, info=info, tracker_factory=factory,
+                      run_config=full, progress=bool(cfg.progress), num_workers=int(cfg.dataset.num_workers),
+                      kind=kind)
         if info.is_main:
             summary = {k: v for k, v in metrics.items() if k != "history"}
-            summary.update(commit=git_commit(), hardware=hardware(), command=" ".join(sys.argv))
+            summary.update(model_spec=spec, commit=git_commit(), hardware=hardware(), command=job_command(script))
             (out / "train_metrics.json").write_text(json.dumps({**summary, "history": metrics["history"]}, indent=2))
         return metrics
     finally:
@@ -423,7 +418,7 @@ def evaluate_stage(cfg: DictConfig, tr, info, T: int, checkpoints: Sequence[int]
     from .data import build_splits, subset
     from .distributed import barrier
     from .energy import energy_ratio, layer_ops
-    from .evaluation import evaluate_snn, fingerprint, summarize
+    from .evaluation import evaluate_snn, fingerprint, summarize, summarize_curve
 
     ev = cfg.eval
     device = resolve_device(cfg.device, info)
@@ -468,17 +463,13 @@ def evaluate_stage(cfg: DictConfig, tr, info, T: int, checkpoints: Sequence[int]
         if partial is not None and partial.exists():
             partial.unlink()
     res = runs[0]
-    if len(runs) > 1:
-        curves = torch.tensor([r["acc"] for r in runs])
-        res = dict(res)
-        res["acc"] = curves.mean(0).tolist()
+    if len(runs) > 1:  # several SC seeds: the mean curve, its spread, and each seed's curve
+        curves = torch.tensor([r["acc"] for r in runs], dtype=torch.float64)
+        mean = curves.mean(0)
+        res = {**res, **summarize_curve(mean * res["n_samples"] / 100.0, res["n_samples"], checkpoints,
+                                         float(ev.tol), res["ann_acc"])}
         res["acc_std"] = curves.std(0).tolist()
         res["acc_per_seed"] = {str(s): r["acc"] for s, r in zip(seeds, runs)}
-        res["acc_at"] = {str(t): res["acc"][t - 1] for t in checkpoints}
-        bt = max(range(T), key=lambda i: (res["acc"][i], -i))
-        res["best_acc"], res["best_step"] = res["acc"][bt], bt + 1
-        res["step_within_tol"] = next((t + 1 for t in range(T) if res["acc"][t] >= res["ann_acc"] - float(ev.tol)), None)
-        res["final_acc"] = res["acc"][-1]
     if "spikes_per_neuron" in res:
         x0 = test[0][0].unsqueeze(0).to(device=device, dtype=dtype)
         ops = layer_ops(ann, x0)
@@ -577,30 +568,9 @@ def mt_model_spec(cfg: DictConfig) -> dict:
 
 def run_train_snn(cfg: DictConfig) -> dict:
     """Train an MT-SNN (or its ST baseline, or the ANN twin) directly (train_snn.py)."""
-    from .data import build_splits
-    from .training import fit
-
     spec = mt_model_spec(cfg)
-    info = init_distributed(cfg.device)
-    try:
-        device = resolve_device(cfg.device, info)
-        splits = build_splits(cfg.dataset, seed=cfg.seed)
-        check_splits(cfg, splits)
-        out = output_dir(cfg)
-        full = resolved_config(cfg)
-        name = f"train_snn-{cfg.dataset.name}-{cfg.snn.name}-{cfg.neuron.name}-T{cfg.neuron.T}-s{cfg.seed}"
-        factory = lambda run_id: wandb_run(cfg.wandb, full, "train_snn", out, name, run_id, enabled=info.is_main)  # noqa: E731
-        metrics = fit(model_spec=spec, splits=splits, train=plain(cfg.train), ckpt_dir=cfg.paths.ckpt_dir,
-                      seed=int(cfg.seed), resume=bool(cfg.resume), device=device, info=info, tracker_factory=factory,
-                      run_config=full, progress=bool(cfg.progress), num_workers=int(cfg.dataset.num_workers),
-                      kind="mt_snn")
-        if info.is_main:
-            summary = {k: v for k, v in metrics.items() if k != "history"}
-            summary.update(model_spec=spec, commit=git_commit(), hardware=hardware(), command=job_command("train_snn.py"))
-            (out / "train_metrics.json").write_text(json.dumps({**summary, "history": metrics["history"]}, indent=2))
-        return metrics
-    finally:
-        cleanup(info)
+    name = f"train_snn-{cfg.dataset.name}-{cfg.snn.name}-{cfg.neuron.name}-T{cfg.neuron.T}-s{cfg.seed}"
+    return train_stage(cfg, spec, kind="mt_snn", job="train_snn", name=name, script="train_snn.py")
 
 
 def load_mt(path: Path, spec: Optional[dict], device: torch.device):

@@ -24,20 +24,12 @@ from torch import nn
 from .neurons import IFNeuron, StepModule
 
 
-def _input_dependent(graph: fx.Graph) -> set[fx.Node]:
-    dep: set[fx.Node] = set()
-    for node in graph.nodes:
-        if node.op == "placeholder" or any(a in dep for a in node.all_input_nodes):
-            dep.add(node)
-    return dep
-
-
 def _split(gm: fx.GraphModule, dynamic: set[fx.Node], neurons: set[fx.Node]):
     """Cut ``gm`` into (static graph module, dynamic graph module)."""
-    from .conversion import RepeatSteps
+    from .conversion import RepeatSteps, input_dependent
 
     graph = gm.graph
-    from_input = _input_dependent(graph)
+    from_input = input_dependent(graph)
     frontier = [n for n in graph.nodes if n not in dynamic and n in from_input and any(u in dynamic for u in n.users)]
 
     # static part: every node that does not depend on a spiking layer

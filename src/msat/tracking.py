@@ -153,6 +153,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | os.PathLike) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_curves(
     path: str | os.PathLike,
     curves: Mapping[str, Sequence[float]],
@@ -166,9 +175,10 @@ def plot_curves(
     """Lines against time step t (1-based); optional dotted reference line and bands."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-    for label, ys in curves.items():
+    colors = plt.cm.viridis([i / max(1, len(curves) - 1) for i in range(len(curves))]) if len(curves) > 10 else [None] * len(curves)
+    for (label, ys), color in zip(curves.items(), colors):
         ts = range(1, len(ys) + 1)
-        (line,) = ax.plot(ts, ys, label=label, lw=1.4)
+        (line,) = ax.plot(ts, ys, label=label, lw=1.4, color=color)
         if bands and label in bands:
             lo, hi = bands[label]
             ax.fill_between(ts, lo, hi, color=line.get_color(), alpha=0.2, lw=0)
@@ -181,12 +191,7 @@ def plot_curves(
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2 if len(curves) > 6 else 1)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_bars(path: str | os.PathLike, labels: Sequence[str], values: Sequence[float], title: str, ylabel: str) -> Path:
@@ -198,9 +203,4 @@ def plot_bars(path: str | os.PathLike, labels: Sequence[str], values: Sequence[f
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

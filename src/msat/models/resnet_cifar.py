@@ -11,7 +11,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from .vgg import scaled
+from .vgg import init_convs, scaled
 
 # config table: (channels, blocks, stride) per stage
 RESNET20_STAGES = ((64, 3, 1), (128, 3, 2), (256, 3, 2))
@@ -56,9 +56,7 @@ class ResNetCifar(nn.Module):
         self.num_features = c
         self.fc = nn.Linear(c, num_classes)
         self.num_classes = num_classes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

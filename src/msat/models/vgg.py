@@ -20,6 +20,13 @@ def scaled(channels: int, width: float) -> int:
     return max(1, int(round(channels * width)))
 
 
+def init_convs(model: nn.Module) -> None:
+    """He (fan-out) initialisation of every conv, as torchvision's ResNets."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class VGG(nn.Module):
     def __init__(self, cfg=VGG16_CFG, num_classes: int = 10, in_channels: int = 3, width: float = 1.0):
         super().__init__()
@@ -43,9 +50,7 @@ class VGG(nn.Module):
         self.num_features = c_in
         self.classifier = nn.Linear(c_in, num_classes)
         self.num_classes = num_classes
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.flatten(self.pool(self.features(x))))
