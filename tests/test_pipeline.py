@@ -133,3 +133,23 @@ def test_cli_evaluate_with_wandb_offline(ckpt_root):
     runs = list((ckpt_root / "run" / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run was written"
     assert "T=4" in r.stdout and "T=8" in r.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("msat.data").data.fashion_mnist_available(),
+                    reason="Debian package dataset-fashion-mnist is not installed")
+def test_fashion_mnist_end_to_end(tmp_path):
+    """The reference setting of issue 3: VGG16 width 0.25, one epoch, 500 test images, T = 256."""
+    from msat.pipeline import run_train
+
+    common = ["dataset=fashion_mnist", "model.width=0.25", "eval.max_samples=500", "eval.T=256",
+              "eval.theta_traces=false", "eval.plots=false"]
+    run_train(compose(common + ["train.epochs=1", "train.batch_size=32", "train.lr=0.02",
+                                "dataset.augment.crop_padding=0", "dataset.augment.flip=false"], tmp_path))
+    res = {m: run_evaluate(compose(common + [f"method={m}"], tmp_path)) for m in ("const", "msat")}
+    ann = res["const"]["ann_acc"]
+    assert ann >= 85.0
+    assert res["const"]["acc"][255] >= ann - 1.0
+    for t in (32, 64):
+        assert res["msat"]["acc"][t - 1] > res["const"]["acc"][t - 1]
+    assert max(res["const"]["acc"][:16]) < 20.0  # chance-level start, as in the reference run
