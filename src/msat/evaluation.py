@@ -78,7 +78,7 @@ class _Monitors:
                 m.load_state_dict({k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"{name}.{i}.")})
 
 
-@torch.no_grad()
+@torch.inference_mode()  # state is reset before every batch, so no inference tensor outlives the loop
 def evaluate_snn(
     snn: SpikingNetwork,
     ann,
@@ -99,6 +99,7 @@ def evaluate_snn(
     run_key: Optional[str] = None,
     num_workers: int = 0,
     progress: bool = True,
+    channels_last: bool = False,
 ) -> dict:
     """Simulate ``snn`` on ``dataset`` for T steps per batch; returns raw sums (see :func:`summarize`).
 
@@ -142,6 +143,8 @@ def evaluate_snn(
     try:
         for b, (x, y) in zip(todo, bar):
             x, y = x.to(device=device, dtype=dtype), y.to(device)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             if sin:
                 with InactiveRecorder(sites) as rec:
                     logits = ann(x)

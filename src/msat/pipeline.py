@@ -458,6 +458,7 @@ def evaluate_stage(cfg: DictConfig, tr, info, T: int, checkpoints: Sequence[int]
             sin=bool(ev.sin), theta_traces=bool(ev.theta_traces), firing_rates=bool(ev.firing_rates),
             keep_running_state=bool(ev.quirk_no_reset), dtype=dtype, info=info, partial_path=partial,
             run_key=key, num_workers=int(cfg.dataset.num_workers), progress=bool(cfg.progress),
+            channels_last=bool(cfg.sim.channels_last),
         )
         runs.append(summarize(raw, snn, checkpoints, float(ev.tol)))
         if partial is not None and partial.exists():
