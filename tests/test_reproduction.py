@@ -11,7 +11,7 @@ from conftest import ROOT, compose
 from msat.pipeline import run_convert, run_evaluate
 from msat.report import main as report_main
 
-TINY = ["dataset=digits", "model.width=0.25", "eval.max_samples=20", "eval.checkpoints=[4]", "sin.T=8",
+TINY = ["experiment=demo", "eval.max_samples=20", "eval.checkpoints=[4]", "sin.T=8",
         "calibration.num_batches=2", "eval.plots=false", "progress=false"]
 
 
@@ -19,7 +19,8 @@ def test_multirun_over_experiments_survives_a_failing_job(ckpt_root):
     """Three experiments x two T: the T=4 jobs fail (E=6 > T) after their W&B run started;
     Hydra goes on, and every W&B run is finished (failed ones with exit code 1)."""
     sweep = ckpt_root / "mr"
-    args = ["-m", "experiment=glob(fig5_const*)", *TINY, "eval.T=8,4", "method.sc.enabled=true",
+    tiny = ["dataset=digits", "dataset.image_size=16", "model.width=0.25", *TINY[1:]]  # the demo's net, fig5 configs
+    args = ["-m", "experiment=glob(fig5_const*)", *tiny, "eval.T=8,4", "method.sc.enabled=true",
             "method.sc.early_steps=6", f"paths.root={ckpt_root}", f"hydra.sweep.dir={sweep}"]
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(ckpt_root))
     r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True, text=True,
