@@ -77,6 +77,15 @@ def test_report_on_two_results(tmp_path, capsys):
     assert "T=16" in out and "T=64" in out and "T=128" not in out
 
 
+def test_report_labels_tell_variants_apart():
+    from msat.report import label
+    assert label(dict(method="msat", experiment=None, sc=None, max_spikes=1)) == "msat"
+    assert label(dict(method="const", sc={"p": [0.9]}, max_spikes=1)) == "const +SC"
+    assert label(dict(method="msat_sc", sc={"p": [0.9]}, quirk_no_reset=True)) == "msat_sc, quirk"
+    assert label(dict(method="msat", max_spikes=4, experiment="x")) == "msat, burst 4 (x)"
+    assert label(dict(method="msat_burst", max_spikes=5)) == "msat_burst"
+
+
 def test_report_without_results_is_an_error(tmp_path, capsys):
     assert report_main([str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err

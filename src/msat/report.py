@@ -43,7 +43,17 @@ def find_results(root: str | Path) -> list[dict]:
 
 
 def label(res: dict) -> str:
-    return f"{res.get('method')}" + (f" ({res['experiment']})" if res.get("experiment") else "")
+    """The method name, plus what sets this run apart from the method's defaults."""
+    method = str(res.get("method"))
+    extras = []
+    if res.get("sc") and "sc" not in method:
+        extras.append("+SC")
+    if (res.get("max_spikes") or 1) > 1 and "burst" not in method:
+        extras.append(f"burst {res['max_spikes']}")
+    if res.get("quirk_no_reset"):
+        extras.append("quirk")
+    name = method + "".join(f" {e}" if e.startswith("+") else f", {e}" for e in extras)
+    return name + (f" ({res['experiment']})" if res.get("experiment") else "")
 
 
 def _sc_on(res: dict) -> bool:

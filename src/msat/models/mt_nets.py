@@ -52,7 +52,12 @@ class MTVGG(MultiStepNet):
             layers.append(nn.MaxPool2d(2, ceil_mode=True))
             size = -(-size // 2)
         h = scaled(hidden, width)
-        layers += [nn.Flatten(), nn.Linear(c_in * size * size, h), _act(neuron, deltas), nn.Linear(h, num_classes)]
+        # The hidden FC layer gets a BatchNorm1d too (the paper names BN after every conv and is
+        # silent on the FC layers): without it, the hidden PLIF's input has a std of ~0.1-0.2 at
+        # initialisation, it never reaches V_th, the rectangular surrogate is zero there, and the
+        # net cannot start learning (measured: loss stays at ln 10 for ST at T=1 and T=4).
+        layers += [nn.Flatten(), nn.Linear(c_in * size * size, h, bias=False), nn.BatchNorm1d(h), _act(neuron, deltas),
+                   nn.Linear(h, num_classes)]
         self.body = nn.Sequential(*layers)
         self.num_classes = num_classes
 
