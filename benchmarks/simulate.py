@@ -9,8 +9,9 @@ median of the rounds:
   const (max-norm IF) and MSAT thresholds;
 - SpikingJelly's converter (``pip install -e '.[bench]'``), step by step, when installed.
 
-Peak memory is the peak RSS of a separate process that simulates T steps (T=64 versus
-T=2048 by default) of the same net at a smaller batch and width, so that T=2048 is quick.
+Peak memory is measured in a separate process that simulates T steps (T=64 versus T=2048
+by default) of the same net at width 0.25, so that T=2048 is quick: the peak that the
+simulation adds above the process's resident baseline.
 
     python benchmarks/simulate.py                   # CPU, 1 thread
     python benchmarks/simulate.py --device cuda --batch 128 --T 256
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -61,8 +61,9 @@ def clock(device):
     return time.perf_counter() if device.type == "cuda" else time.thread_time()
 
 
-def run_ours(ann, lam, method, x, T, chunk):
+def run_ours(ann, lam, method, x, T, chunk, compiled=False):
     snn = build_snn(ann, lam, method, None if method == "const" else msat.TABLE2["vgg16"]).to(x.device)
+    snn.set_compile(compiled)
 
     def go():
         total = None
@@ -101,20 +102,42 @@ def run_spikingjelly(model, calib, x, T):
     return go
 
 
+def _proc_status(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return float(line.split()[1]) / 1024  # kB -> MiB
+    raise KeyError(key)
+
+
 def memory_probe(args) -> None:
-    """Child process: simulate T steps, print the peak RSS in MiB."""
+    """Child process: simulate T steps; print the peak memory the simulation adds, in MiB.
+
+    CPU: after a 64-step warm-up run (one-time caches), the kernel's peak-RSS counter is
+    reset (/proc/self/clear_refs), so the figure is the simulation's own peak above the
+    resident baseline (the CUDA build of torch alone keeps ~2 GiB resident). GPU:
+    torch.cuda.max_memory_allocated above the allocated baseline."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = build(args.mem_width, 10, device=device)
     x = torch.randn(args.mem_batch, 3, 32, 32, device=device)
     ann = prepare_ann(model)
     lam = calibrate(ann, [x])
+    go = run_ours(ann, lam, args.probe_method, x, args.probe_T, args.chunk)
+    with torch.inference_mode():  # warm-up: oneDNN primitive caches and allocator pools are one-time costs
+        run_ours(ann, lam, args.probe_method, x, 64, args.chunk)()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = _proc_status("VmRSS")
     with torch.inference_mode():
-        run_ours(ann, lam, args.probe_method, x, args.probe_T, args.chunk)()
+        go()
     sync(device)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"T": args.probe_T, "peak_mib": peak}))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _proc_status("VmHWM")
+    print(json.dumps({"T": args.probe_T, "peak_mib": peak - base, "baseline_mib": base}))
 
 
 def peak_memory(args, T: int, method: str) -> float:
@@ -136,9 +159,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--methods", default="const,msat")
     ap.add_argument("--no-spikingjelly", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="also time sim.compile (torch.compile'd neuron update)")
     ap.add_argument("--mem-T", default="64,2048", help="short and long T for the memory probe")
     ap.add_argument("--mem-width", type=float, default=0.25)
-    ap.add_argument("--mem-batch", type=int, default=8)
+    ap.add_argument("--mem-batch", type=int, default=32)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--probe-T", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--probe-method", default="const", help=argparse.SUPPRESS)
@@ -159,6 +183,8 @@ def main() -> None:
     for m in methods:
         contenders[f"{m} layer-major"] = run_ours(ann, lam, m, x, args.T, args.chunk)
         contenders[f"{m} step-by-step"] = run_ours(ann, lam, m, x, args.T, 1)
+        if args.compile:
+            contenders[f"{m} compiled"] = run_ours(ann, lam, m, x, args.T, 1, compiled=True)
     if not args.no_spikingjelly:
         try:
             contenders["spikingjelly"] = run_spikingjelly(model, calib, x, args.T)
@@ -166,8 +192,11 @@ def main() -> None:
             print("spikingjelly is not installed (pip install -e '.[bench]'): skipped")
     times: dict[str, list[float]] = {k: [] for k in contenders}
     with torch.inference_mode():
-        for fn in contenders.values():  # warm-up
+        for name, fn in contenders.items():  # warm-up (includes torch.compile's compilation)
+            t0 = time.perf_counter()
             fn()
+            if "compiled" in name:
+                print(f"{name}: first call (compilation) {time.perf_counter() - t0:.1f} s wall")
         for _ in range(args.rounds):
             for name, fn in contenders.items():
                 sync(device)
