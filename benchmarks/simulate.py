@@ -5,20 +5,25 @@ Contenders, on the same weights, batch and T, timed on one thread with
 median of the rounds:
 
 - dense limit: T x one forward of the ANN (BatchNorm and ReLU included);
-- ours, layer-major (``chunk`` steps per call) and step by step (chunk=1), for the
-  const (max-norm IF) and MSAT thresholds;
+- ours, layer-major (``--chunk`` steps per call) and step by step (chunk=1), for the
+  const (max-norm IF) and MSAT thresholds, and with ``--compile`` the torch.compile'd
+  neuron update;
 - SpikingJelly's converter (``pip install -e '.[bench]'``), step by step, when installed.
 
 Peak memory is measured in a separate process that simulates T steps (T=64 versus T=2048
-by default) of the same net at width 0.25, so that T=2048 is quick: the peak that the
-simulation adds above the process's resident baseline.
+by default) of the same net at width 0.25, so that T=2048 is quick: the peak of live
+tensor memory the simulation adds (on CPU from the profiler's allocation records, on GPU
+torch.cuda.max_memory_allocated). ``--rss`` adds the process's peak resident memory
+above its baseline, which also counts what the C allocator keeps and fragments.
 
     python benchmarks/simulate.py                   # CPU, 1 thread
     python benchmarks/simulate.py --device cuda --batch 128 --T 256
 
-The last line is machine-readable: throughput (ours, const, layer-major, images*steps/s),
-dense_ratio (our time / dense-limit time), vs_spikingjelly (our throughput / SpikingJelly's),
-mem_ratio (peak RSS at the long T / at the short T), then the MSAT figures.
+The last line is machine-readable: throughput (ours: const thresholds in the shipped default
+mode, ``sim.chunk=auto``, i.e. step by step on CPU and layer-major chunks of 32 on GPU;
+images*steps/s), dense_ratio (our time / dense-limit time), vs_spikingjelly (our
+throughput / SpikingJelly's), mem_ratio (peak tensor memory at the long T / the short T),
+then the same figures for MSAT.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import msat  # noqa: E402
 from msat.conversion import build_snn, calibrate, prepare_ann  # noqa: E402
+from msat.pipeline import sim_chunk  # noqa: E402
 from msat.simulation import iterate_steps  # noqa: E402
 
 
@@ -110,13 +116,30 @@ def _proc_status(key: str) -> float:
     raise KeyError(key)
 
 
+def _tensor_peak_cpu(go) -> float:
+    """Peak bytes of live CPU tensors while ``go()`` runs, from the profiler's allocation
+    records: the CPU analogue of torch.cuda.max_memory_allocated, free of allocator effects.
+    An op's allocations count at its start, frees where they happen."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        go()
+    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in events:
+        cur += e.self_cpu_memory_usage
+        peak = max(peak, cur)
+    return peak / 2**20
+
+
 def memory_probe(args) -> None:
     """Child process: simulate T steps; print the peak memory the simulation adds, in MiB.
 
-    CPU: after a 64-step warm-up run (one-time caches), the kernel's peak-RSS counter is
-    reset (/proc/self/clear_refs), so the figure is the simulation's own peak above the
-    resident baseline (the CUDA build of torch alone keeps ~2 GiB resident). GPU:
-    torch.cuda.max_memory_allocated above the allocated baseline."""
+    ``tensor`` (default): the peak of live tensor memory above what was allocated before the
+    run (CPU: from the profiler's allocation records; GPU: torch.cuda.max_memory_allocated).
+    ``rss`` (CPU): after a 64-step warm-up run (one-time caches), the kernel's peak-RSS
+    counter is reset (/proc/self/clear_refs), so the figure is the process's peak resident
+    memory above its baseline. It includes what the C allocator keeps or fragments."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = build(args.mem_width, 10, device=device)
@@ -126,24 +149,29 @@ def memory_probe(args) -> None:
     go = run_ours(ann, lam, args.probe_method, x, args.probe_T, args.chunk)
     with torch.inference_mode():  # warm-up: oneDNN primitive caches and allocator pools are one-time costs
         run_ours(ann, lam, args.probe_method, x, 64, args.chunk)()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-    else:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        base = _proc_status("VmRSS")
+    base = 0.0
     with torch.inference_mode():
-        go()
-    sync(device)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _proc_status("VmHWM")
-    print(json.dumps({"T": args.probe_T, "peak_mib": peak - base, "baseline_mib": base}))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / 2**20
+            go()
+            sync(device)
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        elif args.probe_kind == "tensor":
+            peak = _tensor_peak_cpu(go)
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            base = _proc_status("VmRSS")
+            go()
+            peak = _proc_status("VmHWM")
+    print(json.dumps({"T": args.probe_T, "kind": args.probe_kind, "peak_mib": peak - base, "baseline_mib": base}))
 
 
-def peak_memory(args, T: int, method: str) -> float:
+def peak_memory(args, T: int, method: str, kind: str = "tensor") -> float:
     cmd = [sys.executable, __file__, "--probe-T", str(T), "--probe-method", method, "--device", args.device,
-           "--threads", str(args.threads), "--chunk", str(args.chunk), "--mem-width", str(args.mem_width),
-           "--mem-batch", str(args.mem_batch)]
+           "--threads", str(args.threads), "--chunk", str(args.mem_chunk), "--mem-width", str(args.mem_width),
+           "--mem-batch", str(args.mem_batch), "--probe-kind", kind]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     return json.loads(out)["peak_mib"]
 
@@ -154,7 +182,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--T", type=int, default=16)
-    ap.add_argument("--chunk", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="steps per call of the layer-major contender (default: 32 on GPU, as sim.chunk=auto; 4 on CPU)")
     ap.add_argument("--width", type=float, default=1.0)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--methods", default="const,msat")
@@ -166,12 +195,17 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--probe-T", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--probe-method", default="const", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-kind", default="tensor", choices=["tensor", "rss"], help=argparse.SUPPRESS)
+    ap.add_argument("--mem-chunk", type=int, default=1, help="steps per call in the memory probe")
+    ap.add_argument("--rss", action="store_true", help="CPU: also report the peak RSS (allocator-dependent)")
     args = ap.parse_args()
     if args.probe_T is not None:
         return memory_probe(args)
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.chunk is None:
+        args.chunk = sim_chunk("auto", device) if device.type == "cuda" else 4
     model = build(args.width, 10, device=device)
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     calib = [torch.randn(args.batch, 3, 32, 32, device=device)]
@@ -211,20 +245,27 @@ def main() -> None:
     print(f"{'contender':<22}{'time (s)':>10}{'images*steps/s':>16}{'vs dense':>10}")
     for k, v in med.items():
         print(f"{k:<22}{v:>10.3f}{work / v:>16.1f}{v / med['dense']:>10.3f}")
-    mem = {}
+    mem, rss = {}, {}
     if not args.skip_memory:
         short, long_ = (int(t) for t in args.mem_T.split(","))
+        kind = "allocated tensors" if device.type == "cuda" else "live tensors (profiler)"
         for m in methods:
             mem[m] = (peak_memory(args, short, m), peak_memory(args, long_, m))
-            print(f"peak memory ({m}, width {args.mem_width}, batch {args.mem_batch}): T={short}: {mem[m][0]:.1f} MiB, "
-                  f"T={long_}: {mem[m][1]:.1f} MiB, ratio {mem[m][1] / mem[m][0]:.3f}")
+            print(f"peak memory, {kind} ({m}, width {args.mem_width}, batch {args.mem_batch}, chunk {args.mem_chunk}): "
+                  f"T={short}: {mem[m][0]:.2f} MiB, T={long_}: {mem[m][1]:.2f} MiB, ratio {mem[m][1] / mem[m][0]:.3f}")
+            if args.rss and device.type == "cpu":
+                rss[m] = (peak_memory(args, short, m, "rss"), peak_memory(args, long_, m, "rss"))
+                print(f"peak RSS above baseline ({m}): T={short}: {rss[m][0]:.1f} MiB, T={long_}: {rss[m][1]:.1f} MiB, "
+                      f"ratio {rss[m][1] / rss[m][0]:.3f}")
     head = methods[0]
-    ours = med[f"{head} layer-major"]
+    default = "step-by-step" if sim_chunk("auto", device) == 1 else "layer-major"  # what sim.chunk=auto runs
+    print(f"ours = the shipped default, sim.chunk=auto: {default}")
+    ours = med[f"{head} {default}"]
     fields = [f"throughput={work / ours:.1f}", f"dense_ratio={ours / med['dense']:.3f}"]
     fields.append(f"vs_spikingjelly={med['spikingjelly'] / ours:.3f}" if "spikingjelly" in med else "vs_spikingjelly=nan")
     fields.append(f"mem_ratio={mem[head][1] / mem[head][0]:.3f}" if head in mem else "mem_ratio=nan")
     for m in methods[1:]:
-        o = med[f"{m} layer-major"]
+        o = med[f"{m} {default}"]
         fields += [f"{m}_throughput={work / o:.1f}", f"{m}_dense_ratio={o / med['dense']:.3f}"]
         if m in mem:
             fields.append(f"{m}_mem_ratio={mem[m][1] / mem[m][0]:.3f}")

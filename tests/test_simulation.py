@@ -147,3 +147,17 @@ def test_interrupted_evaluation_resumes_to_the_same_curve(ckpt_root, monkeypatch
     assert resumed["acc"] == full["acc"]
     assert resumed["sin"]["ans"] == pytest.approx(full["sin"]["ans"])
     assert not partial[0].exists()  # removed once the evaluation is complete
+
+
+def test_benchmark_script_runs_and_prints_its_summary_line():
+    """benchmarks/simulate.py end to end on a tiny net (the figures themselves are measured
+    by running the script, not here). Tensor memory does not grow with T."""
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "simulate.py"), "--width", "0.125", "--T", "2",
+                        "--rounds", "1", "--no-spikingjelly", "--mem-T", "4,12", "--mem-width", "0.125",
+                        "--mem-batch", "4"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = dict(f.split("=") for f in r.stdout.strip().splitlines()[-1].split())
+    assert {"throughput", "dense_ratio", "vs_spikingjelly", "mem_ratio", "msat_throughput", "msat_mem_ratio"} <= set(last)
+    assert float(last["throughput"]) > 0
+    assert float(last["mem_ratio"]) == pytest.approx(1.0, abs=1e-3)
+    assert float(last["msat_mem_ratio"]) == pytest.approx(1.0, abs=1e-3)
