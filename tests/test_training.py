@@ -1,4 +1,5 @@
 import os
+import random
 import subprocess
 import sys
 
@@ -126,6 +127,19 @@ def test_corrupt_checkpoint(tmp_path, damage):
         run_train(compose(SMALL + ["train.epochs=2", "resume=true"], tmp_path))
     # nothing else was lost: best.pt is intact
     assert load_ann_checkpoint(path.parent / "best.pt")["epoch"] == 1
+
+
+def test_random_bytes_are_a_clear_checkpoint_error(tmp_path):
+    """Damaged files raise CheckpointError whatever the unpickler trips over (it once raised a
+    bare IndexError on one random blob)."""
+    from msat.checkpoint import safe_load
+
+    rng = random.Random(0)
+    path = tmp_path / "x.pt"
+    for _ in range(200):
+        path.write_bytes(bytes(rng.randrange(256) for _i in range(rng.choice([16, 256, 4096]))))
+        with pytest.raises(CheckpointError, match="corrupt|not written by this project"):
+            safe_load(path)
 
 
 def test_checkpoint_with_code_is_refused(tmp_path):
