@@ -84,6 +84,19 @@ def test_report_labels_tell_variants_apart():
     assert label(dict(method="msat_sc", sc={"p": [0.9]}, quirk_no_reset=True)) == "msat_sc, quirk"
     assert label(dict(method="msat", max_spikes=4, experiment="x")) == "msat, burst 4 (x)"
     assert label(dict(method="msat_burst", max_spikes=5)) == "msat_burst"
+    assert label(dict(method="mt-snn", trained_T=2)) == "mt-snn, trained T=2"
+
+
+def test_curve_table_has_columns_for_short_runs():
+    from msat.report import curve_table
+    runs = [dict(method="mt-snn", trained_T=2, dataset="d", model="m", ann_acc=90.0, acc=[50.0, 80.0], best_acc=80.0,
+                 best_step=2),
+            dict(method="msat", dataset="d", model="m", ann_acc=90.0, acc=[float(t) for t in range(1, 33)], best_acc=32.0,
+                 best_step=32)]
+    lines = curve_table(runs, markdown=True).splitlines()
+    assert lines[0].startswith("| run | dataset / model | ANN | T=2 | T=16 | T=32 | best")
+    assert "| mt-snn, trained T=2 | d / m | 90.00 | 80.00 | - | - | 80.00 |" in lines[2]
+    assert "| 2.00 | 16.00 | 32.00 |" in lines[3]
 
 
 def test_report_without_results_is_an_error(tmp_path, capsys):

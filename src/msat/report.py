@@ -52,6 +52,8 @@ def label(res: dict) -> str:
         extras.append(f"burst {res['max_spikes']}")
     if res.get("quirk_no_reset"):
         extras.append("quirk")
+    if res.get("trained_T"):
+        extras.append(f"trained T={res['trained_T']}")
     name = method + "".join(f" {e}" if e.startswith("+") else f", {e}" for e in extras)
     return name + (f" ({res['experiment']})" if res.get("experiment") else "")
 
@@ -158,7 +160,10 @@ def markdown_report(results: list[dict]) -> str:
 def curve_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, markdown: bool = False) -> str:
     results = list(results)
     T = max(len(r["acc"]) for r in results)
-    cps = [t for t in checkpoints if t <= T]
+    checkpoints = list(checkpoints)
+    # runs shorter than the first checkpoint (directly trained SNNs, T = 1..5) get a column at their T
+    short = {len(r["acc"]) for r in results if len(r["acc"]) < min(checkpoints)}
+    cps = sorted({t for t in checkpoints if t <= T} | short)
     head = ["run", "dataset / model", "ANN"] + [f"T={t}" for t in cps] + ["best", "@t", "Step"]
     body = []
     for r in results:
