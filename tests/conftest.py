@@ -15,6 +15,13 @@ CONF = ROOT / "conf"
 CIFAR_JPEG = Path(os.environ.get("MSAT_CIFAR10_JPEG", ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"))
 
 
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global RNG state, so random test inputs are the same
+    on every run (a failure reproduces)."""
+    torch.manual_seed(0)
+
+
 def pytest_collection_modifyitems(config, items):
     if not torch.cuda.is_available():
         skip = pytest.mark.skip(reason="needs a CUDA device")

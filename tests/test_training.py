@@ -120,7 +120,7 @@ def test_corrupt_checkpoint(tmp_path, damage):
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
     elif damage == "garbage":
-        path.write_bytes(os.urandom(4096))
+        path.write_bytes(random.Random(1).randbytes(4096))
     else:
         torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(CheckpointError, match="corrupt|not written by this project"):
