@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -54,7 +55,9 @@ def safe_load(path: str | os.PathLike, what: str = "checkpoint", map_location: A
     if path.is_dir():
         raise CheckpointError(f"{what} path {str(path)!r} is a directory, not a file")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a damaged file gets our error below, not torch's protocol warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # damaged bytes can make the unpickler raise almost anything (IndexError, KeyError, ...)
         raise CheckpointError(f"{what} {str(path)!r} is corrupt, truncated or not a torch file: {exc}") from exc
     if not isinstance(obj, dict) or "format_version" not in obj:
