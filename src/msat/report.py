@@ -46,7 +46,7 @@ def label(res: dict) -> str:
     """The method name, plus what sets this run apart from the method's defaults."""
     method = str(res.get("method"))
     extras = []
-    if res.get("sc") and "sc" not in method:
+    if _sc_on(res) and "sc" not in method:
         extras.append("+SC")
     if (res.get("max_spikes") or 1) > 1 and "burst" not in method:
         extras.append(f"burst {res['max_spikes']}")
