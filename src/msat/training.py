@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, check_model_spec, safe_load
+from .checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_ann_checkpoint
 from .data import DataSplits, EpochBatchSampler, make_loader
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier
 from .models import create_model
@@ -140,10 +140,7 @@ def fit(
             raise CheckpointError(
                 f"resume=true but there is no checkpoint at {str(last_path)!r}; run without resume to start fresh"
             )
-        ckpt = safe_load(last_path, "checkpoint", map_location="cpu")
-        if ckpt.get("kind") != kind:
-            raise CheckpointError(f"{last_path} is a {ckpt.get('kind')!r} checkpoint; this run trains {kind!r}")
-        check_model_spec(ckpt["model_spec"], model_spec, last_path)
+        ckpt = load_ann_checkpoint(last_path, model_spec, kind)  # refuses another kind or another model
 
     torch.manual_seed(seed)
     random.seed(seed)
