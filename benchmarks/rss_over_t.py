@@ -18,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from simulate import _proc_status, build  # noqa: E402
 
 import msat  # noqa: E402
-from msat.conversion import build_snn, calibrate, prepare_ann  # noqa: E402
+from msat.calibration import calibrate  # noqa: E402
+from msat.conversion import prepare_ann  # noqa: E402
+from msat.network import build_snn  # noqa: E402
 from msat.simulation import iterate_steps  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

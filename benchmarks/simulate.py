@@ -1,14 +1,17 @@
-"""Simulation speed and memory of a converted VGG16 (32x32, random weights).
+"""Simulation speed and memory of a converted VGG16 or thin ResNet-20 (32x32, random weights).
 
 Contenders, on the same weights, batch and T, timed on one thread with
 ``time.thread_time()`` (robust to a noisy shared machine), interleaved round by round,
 median of the rounds:
 
 - dense limit: T x one forward of the ANN (BatchNorm and ReLU included);
-- ours, layer-major (``--chunk`` steps per call) and step by step (chunk=1), for the
-  const (max-norm IF) and MSAT thresholds, and with ``--compile`` the torch.compile'd
-  neuron update;
+- ours, step by step, for the const (max-norm IF) and MSAT thresholds: ``eager``, ``compiled``
+  (the fused torch.compile'd neuron update) and ``default`` (what ``msat.simulate`` does
+  when not told: ``sim.compile=auto``); ``--layer-major`` adds chunks of ``--chunk`` steps;
 - SpikingJelly's converter (``pip install -e '.[bench]'``), step by step, when installed.
+
+The first call of every contender is timed on its own (wall time): for the compiled ones it
+is the compilation, which a run pays once (later processes reuse inductor's disk cache).
 
 Peak memory is measured in a separate process that simulates T steps (T=64 versus T=2048
 by default) of the same net at width 0.25, so that T=2048 is quick: the peak of live
@@ -16,14 +19,14 @@ tensor memory the simulation adds (on CPU from the profiler's allocation records
 torch.cuda.max_memory_allocated). ``--rss`` adds the process's peak resident memory
 above its baseline, which also counts what the C allocator keeps and fragments.
 
-    python benchmarks/simulate.py                   # CPU, 1 thread
+    python benchmarks/simulate.py                                   # full-width VGG16, batch 32, T=16
+    python benchmarks/simulate.py --net resnet20_thin --batch 64 --T 32
     python benchmarks/simulate.py --device cuda --batch 128 --T 256
 
-The last line is machine-readable: throughput (ours: const thresholds in the shipped default
-mode, ``sim.chunk=auto``, i.e. step by step on CPU and layer-major chunks of 32 on GPU;
-images*steps/s), dense_ratio (our time / dense-limit time), vs_spikingjelly (our
-throughput / SpikingJelly's), mem_ratio (peak tensor memory at the long T / the short T),
-then the same figures for MSAT.
+The last line is machine-readable: for each method, the default mode's throughput
+(images*steps/s) and its time over the dense limit, the same ratio compiled and eager,
+vs_spikingjelly (our const throughput / SpikingJelly's) and mem_ratio (peak tensor memory
+at the long T / the short T).
 """
 
 from __future__ import annotations
@@ -41,14 +44,23 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import msat  # noqa: E402
-from msat.conversion import build_snn, calibrate, prepare_ann  # noqa: E402
-from msat.pipeline import sim_chunk  # noqa: E402
-from msat.simulation import iterate_steps  # noqa: E402
+from msat.calibration import calibrate  # noqa: E402
+from msat.conversion import prepare_ann  # noqa: E402
+from msat.network import build_snn  # noqa: E402
+from msat.simulation import (  # noqa: E402
+    COMPILE_MIN_UPDATES,
+    iterate_steps,  # noqa: E402
+    neuron_count,
+    resolve_compile,
+)
+from msat.simulation import resolve_chunk as sim_chunk  # noqa: E402
+
+NETS = {"vgg16": ("vgg16", "vgg16"), "resnet20_thin": ("resnet20", "resnet20")}  # net -> (zoo name, Table 2 row)
 
 
-def build(width: float, num_classes: int, seed: int = 0, device="cpu"):
+def build(width: float, num_classes: int, seed: int = 0, device="cpu", net: str = "vgg16"):
     torch.manual_seed(seed)
-    model = msat.create_model("vgg16", num_classes, 3, width).eval()
+    model = msat.create_model(NETS[net][0], num_classes, 3, width).eval()
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():  # non-trivial BN statistics, so that folding matters
         if isinstance(m, nn.BatchNorm2d):
@@ -67,8 +79,8 @@ def clock(device):
     return time.perf_counter() if device.type == "cuda" else time.thread_time()
 
 
-def run_ours(ann, lam, method, x, T, chunk, compiled=False):
-    snn = build_snn(ann, lam, method, None if method == "const" else msat.TABLE2["vgg16"]).to(x.device)
+def run_ours(ann, lam, method, x, T, chunk, compiled=False, hp_row="vgg16"):
+    snn = build_snn(ann, lam, method, None if method == "const" else msat.TABLE2[hp_row]).to(x.device)
     snn.set_compile(compiled)
 
     def go():
@@ -142,13 +154,14 @@ def memory_probe(args) -> None:
     memory above its baseline. It includes what the C allocator keeps or fragments."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = build(args.mem_width, 10, device=device)
+    model = build(args.mem_width, 10, device=device, net=args.net)
     x = torch.randn(args.mem_batch, 3, 32, 32, device=device)
     ann = prepare_ann(model)
     lam = calibrate(ann, [x])
-    go = run_ours(ann, lam, args.probe_method, x, args.probe_T, args.chunk)
+    hp_row = NETS[args.net][1]
+    go = run_ours(ann, lam, args.probe_method, x, args.probe_T, args.chunk, "auto", hp_row)
     with torch.inference_mode():  # warm-up: oneDNN primitive caches and allocator pools are one-time costs
-        run_ours(ann, lam, args.probe_method, x, 64, args.chunk)()
+        run_ours(ann, lam, args.probe_method, x, 64, args.chunk, "auto", hp_row)()
     base = 0.0
     with torch.inference_mode():
         if device.type == "cuda":
@@ -169,7 +182,7 @@ def memory_probe(args) -> None:
 
 
 def peak_memory(args, T: int, method: str, kind: str = "tensor") -> float:
-    cmd = [sys.executable, __file__, "--probe-T", str(T), "--probe-method", method, "--device", args.device,
+    cmd = [sys.executable, __file__, "--net", args.net, "--probe-T", str(T), "--probe-method", method, "--device", args.device,
            "--threads", str(args.threads), "--chunk", str(args.mem_chunk), "--mem-width", str(args.mem_width),
            "--mem-batch", str(args.mem_batch), "--probe-kind", kind]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
@@ -178,17 +191,21 @@ def peak_memory(args, T: int, method: str, kind: str = "tensor") -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--net", default="vgg16", choices=sorted(NETS),
+                    help="vgg16 (full width by default) or resnet20_thin (the classic 16/32/64-channel layout)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--T", type=int, default=16)
     ap.add_argument("--chunk", type=int, default=None,
                     help="steps per call of the layer-major contender (default: 32 on GPU, as sim.chunk=auto; 4 on CPU)")
-    ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--width", type=float, default=None, help="channel multiplier (default: 1 for vgg16, 0.25 for "
+                                                                "resnet20_thin)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--methods", default="const,msat")
     ap.add_argument("--no-spikingjelly", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="also time sim.compile (torch.compile'd neuron update)")
+    ap.add_argument("--layer-major", action="store_true", help="also time layer-major chunks")
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled contenders (a quick smoke run)")
     ap.add_argument("--mem-T", default="64,2048", help="short and long T for the memory probe")
     ap.add_argument("--mem-width", type=float, default=0.25)
     ap.add_argument("--mem-batch", type=int, default=32)
@@ -199,6 +216,8 @@ def main() -> None:
     ap.add_argument("--mem-chunk", type=int, default=1, help="steps per call in the memory probe")
     ap.add_argument("--rss", action="store_true", help="CPU: also report the peak RSS (allocator-dependent)")
     args = ap.parse_args()
+    if args.width is None:
+        args.width = 0.25 if args.net == "resnet20_thin" else 1.0
     if args.probe_T is not None:
         return memory_probe(args)
 
@@ -206,7 +225,8 @@ def main() -> None:
     device = torch.device(args.device)
     if args.chunk is None:
         args.chunk = sim_chunk("auto", device) if device.type == "cuda" else 4
-    model = build(args.width, 10, device=device)
+    model = build(args.width, 10, device=device, net=args.net)
+    hp_row = NETS[args.net][1]
     x = torch.randn(args.batch, 3, 32, 32, device=device)
     calib = [torch.randn(args.batch, 3, 32, 32, device=device)]
     ann = prepare_ann(model)
@@ -215,22 +235,24 @@ def main() -> None:
 
     contenders = {"dense": run_dense(model, x, args.T)}
     for m in methods:
-        contenders[f"{m} layer-major"] = run_ours(ann, lam, m, x, args.T, args.chunk)
-        contenders[f"{m} step-by-step"] = run_ours(ann, lam, m, x, args.T, 1)
-        if args.compile:
-            contenders[f"{m} compiled"] = run_ours(ann, lam, m, x, args.T, 1, compiled=True)
+        contenders[f"{m} eager"] = run_ours(ann, lam, m, x, args.T, 1, False, hp_row)
+        if not args.no_compile:
+            contenders[f"{m} compiled"] = run_ours(ann, lam, m, x, args.T, 1, True, hp_row)
+        contenders[f"{m} default"] = run_ours(ann, lam, m, x, args.T, 1, "auto", hp_row)
+        if args.layer_major:
+            contenders[f"{m} layer-major"] = run_ours(ann, lam, m, x, args.T, args.chunk, "auto", hp_row)
     if not args.no_spikingjelly:
         try:
             contenders["spikingjelly"] = run_spikingjelly(model, calib, x, args.T)
         except ImportError:
             print("spikingjelly is not installed (pip install -e '.[bench]'): skipped")
     times: dict[str, list[float]] = {k: [] for k in contenders}
+    warm: dict[str, float] = {}
     with torch.inference_mode():
-        for name, fn in contenders.items():  # warm-up (includes torch.compile's compilation)
+        for name, fn in contenders.items():  # warm-up; for the compiled contenders this is the compilation
             t0 = time.perf_counter()
             fn()
-            if "compiled" in name:
-                print(f"{name}: first call (compilation) {time.perf_counter() - t0:.1f} s wall")
+            warm[name] = time.perf_counter() - t0
         for _ in range(args.rounds):
             for name, fn in contenders.items():
                 sync(device)
@@ -240,11 +262,16 @@ def main() -> None:
                 times[name].append(clock(device) - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     work = args.batch * args.T
-    print(f"VGG16 width {args.width}, batch {args.batch}, T={args.T}, chunk={args.chunk}, device {device}, "
-          f"{args.threads} thread(s), median of {args.rounds} rounds ({'thread' if device.type == 'cpu' else 'wall'} time)")
-    print(f"{'contender':<22}{'time (s)':>10}{'images*steps/s':>16}{'vs dense':>10}")
+    print(f"{args.net} width {args.width}, batch {args.batch}, T={args.T}, device {device}, {args.threads} thread(s), "
+          f"median of {args.rounds} interleaved rounds ({'thread' if device.type == 'cpu' else 'wall'} time)")
+    print(f"{'contender':<20}{'time (s)':>10}{'images*steps/s':>16}{'vs dense':>10}{'first call (s, wall)':>22}")
     for k, v in med.items():
-        print(f"{k:<22}{v:>10.3f}{work / v:>16.1f}{v / med['dense']:>10.3f}")
+        print(f"{k:<20}{v:>10.3f}{work / v:>16.1f}{v / med['dense']:>10.3f}{warm[k]:>22.1f}")
+    for m in methods:
+        snn = build_snn(ann, lam, m, None if m == "const" else msat.TABLE2[hp_row])
+        upd = neuron_count(snn, x) * args.T
+        print(f"{m} default (sim.compile=auto): {'compiled' if resolve_compile('auto', device, upd) else 'eager'} "
+              f"({upd:.3g} neuron updates; compiled from {COMPILE_MIN_UPDATES:.0e})")
     mem, rss = {}, {}
     if not args.skip_memory:
         short, long_ = (int(t) for t in args.mem_T.split(","))
@@ -257,16 +284,14 @@ def main() -> None:
                 rss[m] = (peak_memory(args, short, m, "rss"), peak_memory(args, long_, m, "rss"))
                 print(f"peak RSS above baseline ({m}): T={short}: {rss[m][0]:.1f} MiB, T={long_}: {rss[m][1]:.1f} MiB, "
                       f"ratio {rss[m][1] / rss[m][0]:.3f}")
-    head = methods[0]
-    default = "step-by-step" if sim_chunk("auto", device) == 1 else "layer-major"  # what sim.chunk=auto runs
-    print(f"ours = the shipped default, sim.chunk=auto: {default}")
-    ours = med[f"{head} {default}"]
-    fields = [f"throughput={work / ours:.1f}", f"dense_ratio={ours / med['dense']:.3f}"]
-    fields.append(f"vs_spikingjelly={med['spikingjelly'] / ours:.3f}" if "spikingjelly" in med else "vs_spikingjelly=nan")
-    fields.append(f"mem_ratio={mem[head][1] / mem[head][0]:.3f}" if head in mem else "mem_ratio=nan")
-    for m in methods[1:]:
-        o = med[f"{m} {default}"]
-        fields += [f"{m}_throughput={work / o:.1f}", f"{m}_dense_ratio={o / med['dense']:.3f}"]
+    fields = [f"net={args.net}"]
+    for m in methods:
+        o = med[f"{m} default"]
+        fields += [f"{m}_throughput={work / o:.1f}", f"{m}_dense_ratio={o / med['dense']:.3f}",
+                   f"{m}_compiled_ratio={med[f'{m} compiled'] / med['dense'] if not args.no_compile else float('nan'):.3f}",
+                   f"{m}_eager_ratio={med[f'{m} eager'] / med['dense']:.3f}"]
+        if "spikingjelly" in med and m == "const":
+            fields.append(f"vs_spikingjelly={med['spikingjelly'] / o:.3f}")
         if m in mem:
             fields.append(f"{m}_mem_ratio={mem[m][1] / mem[m][0]:.3f}")
     print(" ".join(fields))

@@ -1,3 +1,4 @@
+import inspect
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import torch
 os.environ.setdefault("WANDB_MODE", "disabled")  # tests never touch the network
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("MSAT_COMPILE", "0")  # sim.compile=auto runs eager here; the compile tests ask for it
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -22,12 +24,30 @@ def _seeded():
     torch.manual_seed(0)
 
 
+E2E_FIXTURES = {"digits_run", "ckpt_root", "curves", "fm_run"}  # fixtures that train or run the CLI
+E2E_CALLS = ("cli(", "subprocess.", "torchrun")
+
+
+def _is_e2e(item) -> bool:
+    """A test that trains a net or runs a script as a subprocess belongs to the end-to-end tier
+    (``-m e2e``), whether or not it says so: the fast tier stays fast by construction."""
+    if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    fn = getattr(item, "function", None)
+    try:
+        src = inspect.getsource(fn) if fn is not None else ""
+    except (OSError, TypeError):
+        src = ""
+    return any(c in src for c in E2E_CALLS)
+
+
 def pytest_collection_modifyitems(config, items):
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs a CUDA device")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip)
+        if "e2e" not in item.keywords and _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
 
 
 def compose(overrides=(), root=None, config_name="config"):

@@ -4,8 +4,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import msat
-from msat.conversion import ConversionError, LamObserver, calibrate, prepare_ann
-from msat.neurons import LIPool
+from msat import ConversionError
+from msat.calibration import LamObserver, calibrate
+from msat.conversion import prepare_ann
+from msat.pooling import LIPool
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -100,7 +102,9 @@ def test_bn_folding_keeps_outputs(name, size):
     ann = prepare_ann(model)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in ann.modules())
     with torch.no_grad():
-        assert (ann(x) - model(x)).abs().max() < 1e-5
+        ref = model(x)
+        # folding reorders float rounding; the error grows with depth and scale, not with the CPU
+        torch.testing.assert_close(ann(x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 def test_every_relu_site_becomes_a_neuron():
@@ -110,7 +114,8 @@ def test_every_relu_site_becomes_a_neuron():
     assert len(ann.sites) == 6
     assert ann.sites[-2].name == "shared" and ann.sites[-1].name == "shared#1"
     with torch.no_grad():
-        assert torch.allclose(ann(x), model(x), atol=1e-5)
+        ref = model(x)
+        torch.testing.assert_close(ann(x), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
     snn = msat.convert(model, [x], method="const")
     assert len(snn.neurons) == 6 and len({id(n) for n in snn.neurons}) == 6
     assert sum(isinstance(m, LIPool) for m in snn.modules()) == 1  # F.max_pool2d -> LIPool
@@ -202,13 +207,15 @@ def test_calibration_max_percentile_and_channelwise():
     assert torch.allclose(calibrate(ann, batches)[0], acts.max())
     for p in (0.5, 0.9, 0.999, 0.9999):
         lam = calibrate(ann, batches, percentile=p)[0]
-        assert torch.allclose(lam, torch.quantile(acts.flatten(), p), atol=1e-6), p
+        # reference in float64: torch.quantile's float32 interpolation is itself off by a few ulp
+        ref = torch.quantile(acts.flatten().double(), p).float()
+        torch.testing.assert_close(lam, ref, rtol=1e-6, atol=0.0, msg=str(p))
     lam_c = calibrate(ann, batches, channelwise=True)[0]
     assert lam_c.shape == (3, 1, 1)
     assert torch.allclose(lam_c.flatten(), acts.amax(dim=(0, 2, 3)))
     lam_cp = calibrate(ann, batches, percentile=0.99, channelwise=True)[0]
-    ref = torch.quantile(acts.transpose(0, 1).reshape(3, -1), 0.99, dim=1)
-    assert torch.allclose(lam_cp.flatten(), ref, atol=1e-6)
+    ref = torch.quantile(acts.transpose(0, 1).reshape(3, -1).double(), 0.99, dim=1).float()
+    torch.testing.assert_close(lam_cp.flatten(), ref, rtol=1e-6, atol=0.0)
     assert torch.allclose(calibrate(ann, [(b, torch.zeros(7)) for b in batches], num_batches=1)[0],
                           F.relu(model[0](batches[0])).max())
 
@@ -251,7 +258,8 @@ def test_api_one_step_per_call_and_simulate_cumulative():
     steps = torch.stack([snn(x) for _ in range(10)])
     cum = msat.simulate(snn, x, 10)
     assert cum.shape == (10, 3, 4)
-    assert torch.allclose(torch.cumsum(steps, 0), cum, atol=1e-5)
+    cs = torch.cumsum(steps, 0)
+    torch.testing.assert_close(cs, cum, rtol=1e-5, atol=1e-6 * float(cs.abs().max()))
     # simulate resets first: a second call gives the same result
     assert torch.equal(cum, msat.simulate(snn, x, 10))
 

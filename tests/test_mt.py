@@ -10,7 +10,7 @@ from conftest import compose
 from msat.checkpoint import CheckpointError, load_ann_checkpoint
 from msat.mt import PLIF, RectHeaviside, check_deltas
 from msat.neurons import TABLE2, IFNeuron
-from msat.pipeline import run_convert, run_evaluate, run_train_snn
+from msat.tasks import run_convert, run_evaluate, run_train_snn
 from msat.training import TrainingInterrupted
 from reference import run_neuron
 
@@ -56,10 +56,12 @@ def test_burst_in_api_and_energy_counts_every_spike():
     from msat.monitors import FiringMonitor
 
     fm = FiringMonitor(20)
-    snn.neurons[0].monitors.append(fm)
     counts = []
-    snn.neurons[0].monitors.append(type("C", (), {"on_step": lambda s, n, t, th, f, e: counts.append(float(e.sum()))})())
-    msat.simulate(snn, x, 20)
+    spy = type("C", (), {"on_step": lambda s, n, t, th, f, e: counts.append(float(e.sum()))})()
+    L = len(snn.neurons)
+    with snn.monitor(20, counts=[fm] + [None] * (L - 1), spy=[spy] + [None] * (L - 1)) as mons:
+        mons.begin_batch()
+        msat.simulate(snn, x, 20)
     assert float(fm.state["spikes"].sum()) == pytest.approx(sum(counts))
     with pytest.raises(ValueError, match="max_spikes"):
         msat.convert(m, [x], method="const", max_spikes=0)
@@ -121,6 +123,7 @@ def snn_cfg(root, *extra):
     return compose(SNN + list(extra), root, config_name="snn")
 
 
+@pytest.mark.e2e  # trains twice
 def test_train_snn_tau_above_one_and_resume_exact(tmp_path):
     from msat.models import create_model
 

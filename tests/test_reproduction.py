@@ -8,25 +8,25 @@ import sys
 import pytest
 
 from conftest import ROOT, compose
-from msat.pipeline import run_convert, run_evaluate
 from msat.report import main as report_main
+from msat.tasks import run_convert, run_evaluate
 
 TINY = ["experiment=demo", "eval.max_samples=20", "eval.checkpoints=[4]", "sin.T=8",
         "calibration.num_batches=2", "eval.plots=false", "progress=false"]
 
 
 def test_multirun_over_experiments_survives_a_failing_job(ckpt_root):
-    """Three experiments x two T: the T=4 jobs fail (E=6 > T) after their W&B run started;
-    Hydra goes on, and every W&B run is finished (failed ones with exit code 1)."""
+    """Three experiments x two checkpoints: the jobs whose checkpoint is missing fail after their
+    W&B run started; Hydra goes on, and every W&B run is finished (failed ones with exit code 1)."""
     sweep = ckpt_root / "mr"
     tiny = ["dataset=digits", "dataset.image_size=16", "model.width=0.25", *TINY[1:]]  # the demo's net, fig5 configs
-    args = ["-m", "experiment=glob(fig5_const*)", *tiny, "eval.T=8,4", "method.sc.enabled=true",
-            "method.sc.early_steps=6", f"paths.root={ckpt_root}", f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "experiment=glob(fig5_const*)", *tiny, "eval.T=8", "calibration.checkpoint=last.pt,nothere.pt",
+            f"paths.root={ckpt_root}", f"hydra.sweep.dir={sweep}"]
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(ckpt_root))
     r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *args], capture_output=True, text=True,
                        cwd=ckpt_root, env=env, timeout=900)
     assert r.returncode == 1, r.stderr[-3000:]  # Hydra reports the failed jobs at the end
-    assert "spike confidence E=6 is larger than T=4" in r.stderr
+    assert "ANN checkpoint not found" in r.stderr
     results = sorted(sweep.rglob("results.json"))
     assert len(results) == 3
     assert sorted(json.loads(p.read_text())["method"] for p in results) == ["const", "const_0.2", "const_0.5"]
@@ -41,6 +41,18 @@ def test_multirun_over_experiments_survives_a_failing_job(ckpt_root):
     md = (sweep / "report.md").read_text()
     assert md.count("| const") >= 3 and "## Fig. 5" in md
     assert (sweep / "report_plots" / "fig5_digits_vgg16.png").exists()
+
+
+def test_bad_config_fails_before_any_run_or_file(ckpt_root):
+    """A setting that cannot work (E=6 > T=4) is refused before a checkpoint is read or a W&B run starts."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(ckpt_root))
+    r = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), *TINY, "eval.T=4", "method=msat_sc",
+                        "method.sc.early_steps=6", "calibration.checkpoint=nothere.pt", f"paths.root={ckpt_root}",
+                        f"hydra.run.dir={ckpt_root}/run"], capture_output=True, text=True, cwd=ckpt_root, env=env,
+                       timeout=600)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "spike confidence E=6 is larger than T=4" in r.stderr and "not found" not in r.stderr
+    assert not list(ckpt_root.rglob("offline-run-*"))
 
 
 def _fake_result(path, **kw):
@@ -108,10 +120,10 @@ def test_report_without_results_is_an_error(tmp_path, capsys):
 
 # ----------------------------------------------------------------- SC and quirk in evaluate.py
 def test_sc_needs_sin_statistics(ckpt_root):
-    run_convert(compose(TINY + ["sin.enabled=false"], ckpt_root))
+    art = "calibration.artifact=${paths.ckpt_dir}/conversion/msat_nosin.pt"
+    run_convert(compose(TINY + ["sin.enabled=false", art], ckpt_root))
     with pytest.raises(ValueError, match="rerun convert.py with sin.enabled=true"):
-        run_evaluate(compose(TINY + ["eval.T=8", "method=msat_sc", "method.sc.early_steps=4", "sin.enabled=false",
-                                     "calibration.artifact=${paths.ckpt_dir}/conversion/msat_p1.0_cwFalse.pt"],
+        run_evaluate(compose(TINY + ["eval.T=8", "method=msat_sc", "method.sc.early_steps=4", "sin.enabled=false", art],
                              ckpt_root))
 
 
@@ -123,7 +135,7 @@ def test_sc_needs_sin_statistics(ckpt_root):
 ])
 def test_sc_bad_arguments_in_evaluate(ckpt_root, override, match):
     with pytest.raises(ValueError, match=match):
-        run_evaluate(compose(TINY + ["eval.T=8", "method=msat_sc", override], ckpt_root))
+        run_evaluate(compose(TINY + ["eval.T=8", "method=msat_sc", "method.sc.early_steps=4", override], ckpt_root))
 
 
 def test_sc_seeds_reproducible_and_spread(ckpt_root):

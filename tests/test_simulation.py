@@ -12,9 +12,8 @@ from torch import nn
 import msat
 from conftest import ROOT, compose
 from msat.conversion import prepare_ann
-from msat.monitors import FiringMonitor, ThetaMonitor
-from msat.pipeline import run_evaluate
 from msat.sin import sin_statistics
+from msat.tasks import run_evaluate
 
 
 def trained_like(name, seed=0, dtype=torch.float64, size=16):
@@ -33,14 +32,11 @@ NETS = [("vgg16", 16), ("resnet34", 32)]  # resnet34: overlapping 3x3/2 max-pool
 
 
 def run_with_monitors(snn, x, T, chunk):
-    fm = [FiringMonitor(T) for _ in snn.neurons]
-    tm = [ThetaMonitor(T) for _ in snn.neurons]
-    for n, a, b in zip(snn.neurons, fm, tm):
-        n.monitors += [a, b]
-    out = msat.simulate(snn, x, T, chunk=chunk)
-    for n in snn.neurons:
-        n.monitors.clear()
-    return out, [m.state["spikes"].clone() for m in fm], [m.state["sums"].clone() for m in tm]
+    with snn.monitor(T, firing=True, theta=True) as mons:
+        mons.begin_batch()
+        out = msat.simulate(snn, x, T, chunk=chunk)
+    assert not any(n._hooks for n in snn.neurons)  # removed on exit
+    return out, [m.state["spikes"].clone() for m in mons.firing], [m.state["sums"].clone() for m in mons.theta]
 
 
 @pytest.mark.parametrize("name,size", NETS)
@@ -149,15 +145,16 @@ def test_interrupted_evaluation_resumes_to_the_same_curve(ckpt_root, monkeypatch
     assert not partial[0].exists()  # removed once the evaluation is complete
 
 
+@pytest.mark.e2e
 def test_benchmark_script_runs_and_prints_its_summary_line():
     """benchmarks/simulate.py end to end on a tiny net (the figures themselves are measured
     by running the script, not here). Tensor memory does not grow with T."""
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "simulate.py"), "--width", "0.125", "--T", "2",
-                        "--rounds", "1", "--no-spikingjelly", "--mem-T", "4,12", "--mem-width", "0.125",
-                        "--mem-batch", "4"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "simulate.py"), "--net", "resnet20_thin", "--width",
+                        "0.125", "--T", "2", "--rounds", "1", "--no-spikingjelly", "--no-compile", "--mem-T", "4,12",
+                        "--mem-width", "0.125", "--mem-batch", "4"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     last = dict(f.split("=") for f in r.stdout.strip().splitlines()[-1].split())
-    assert {"throughput", "dense_ratio", "vs_spikingjelly", "mem_ratio", "msat_throughput", "msat_mem_ratio"} <= set(last)
-    assert float(last["throughput"]) > 0
-    assert float(last["mem_ratio"]) == pytest.approx(1.0, abs=1e-3)
+    assert {"const_throughput", "const_dense_ratio", "const_mem_ratio", "msat_throughput", "msat_mem_ratio"} <= set(last)
+    assert float(last["const_throughput"]) > 0
+    assert float(last["const_mem_ratio"]) == pytest.approx(1.0, abs=1e-3)
     assert float(last["msat_mem_ratio"]) == pytest.approx(1.0, abs=1e-3)

@@ -97,8 +97,8 @@ def test_sc_p1_is_bit_identical_and_p0_silences_the_last_layer():
         def on_step(self, neuron, t, theta, fired, emitted):
             seen.append((float(fired.sum()), float(emitted.sum())))
 
-    zero.neurons[-1].monitors.append(Spy())
-    msat.simulate(zero, x, 30)
+    with zero.monitor(30, spy=[None] * (len(zero.neurons) - 1) + [Spy()]):
+        msat.simulate(zero, x, 30)
     assert all(e == 0 for _, e in seen[:10]) and any(f > 0 for f, _ in seen[:10])
     assert any(e > 0 for _, e in seen[10:])
     assert zero.sc_config["layers"] == [len(zero.neurons) - 1]

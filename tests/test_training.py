@@ -10,7 +10,7 @@ from conftest import CIFAR_JPEG, ROOT, cli, compose
 from msat.checkpoint import CheckpointError, load_ann_checkpoint, model_spec
 from msat.data import EpochBatchSampler, build_splits, fashion_mnist_available, make_loader
 from msat.models import create_model
-from msat.pipeline import run_train
+from msat.tasks import run_train
 from msat.training import TrainingInterrupted
 
 # a small, fast setting: narrow VGG16 on 16x16 digits
@@ -26,6 +26,7 @@ def test_digits_vgg16_reaches_90_percent(digits_run):
     assert (root / "checkpoints/digits/vgg16_w0.25_s0/best.pt").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not fashion_mnist_available(), reason="Debian package dataset-fashion-mnist is not installed")
 def test_fashion_mnist_narrow_vgg16_one_epoch(tmp_path):
     cfg = compose(["dataset=fashion_mnist", "model.width=0.25", "train.epochs=1", "train.batch_size=32",
@@ -57,6 +58,7 @@ def _weights(path):
     return load_ann_checkpoint(path)["model"]
 
 
+@pytest.mark.e2e  # trains, interrupts and resumes
 @pytest.mark.parametrize("stop_at", [22, 30])  # an epoch boundary (22 steps per epoch) and mid-epoch
 def test_resume_gives_identical_weights(tmp_path, stop_at):
     straight = tmp_path / "straight"

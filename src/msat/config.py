@@ -1,5 +1,6 @@
-"""Structured-config schema for the method group: a misspelt or mistyped key in a method
-or experiment file is an error at composition time, not a silently ignored value."""
+"""Structured-config schemas of the method group and of the ``calibration``, ``sim`` and
+``eval`` nodes: a misspelt or mistyped key in a config, an experiment file or on the
+command line is an error at composition time, not a silently ignored value."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
@@ -39,16 +40,73 @@ class SpikeConfidence:
 @dataclass
 class Method:
     name: str = MISSING
-    threshold: str = "msat"  # msat | dtt | det | const
+    threshold: str = "msat"  # a registered threshold rule: msat | dtt | det | const
     frac: float = 1.0  # const threshold, as a fraction of lam
-    v_init: float = 0.0  # initial membrane in units of lam (paper: 0)
+    v_init: Optional[float] = None  # initial membrane in units of lam; null: 0 (paper), 0.5 for QCFS and LTB
     max_spikes: int = 1  # burst firing: up to this many spikes per step
+    balancing: Optional[str] = None  # max | ltb; null: calibration.balancing (a method may pin its paper's)
+    correction: Optional[str] = None  # null | light | advanced (SNN Calibration) | rts
+    correction_T: Optional[int] = None  # the target number of steps of the correction
     hparams: HParams = field(default_factory=HParams)
     sc: SpikeConfidence = field(default_factory=SpikeConfidence)
 
 
+@dataclass
+class Calibration:
+    checkpoint: str = "last.pt"  # file in ${paths.ckpt_dir} (or a path)
+    balancing: str = "max"  # max: the max / percentile of the ReLU outputs; ltb: local threshold balancing
+    percentile: float = 1.0  # lam = this quantile of the ReLU outputs (1.0 = max)
+    channelwise: bool = False
+    passes: int = 20  # LTB: passes over the calibration batches
+    num_batches: Optional[int] = 10
+    batch_size: int = 128
+    correction_batches: int = 1  # calibration batches the corrections measure their errors on
+    artifact: Optional[str] = None  # null: ${paths.ckpt_dir}/conversion/<method>_<settings hash>.pt
+
+
+@dataclass
+class Sim:
+    chunk: Any = "auto"  # time steps per layer-major call; auto = 1 on CPU (cache-bound), 32 on GPU
+    dtype: str = "float32"  # float32 | float64
+    compile: Any = "auto"  # auto | true | false: the fused (torch.compile'd) neuron update
+    channels_last: bool = False  # NHWC tensors for the simulation (for GPUs)
+
+
+@dataclass
+class Eval:
+    T: int = 256
+    checkpoints: List[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # clipped to T
+    tol: float = 0.1  # "Step" = first t within tol points of the ANN
+    batch_size: int = 128
+    max_samples: Optional[int] = None  # evaluate on a fixed subset of the test set
+    subset_seed: int = 0  # which subset
+    convert_if_missing: bool = True
+    sin: bool = False  # SIN ratio / ANS of the evaluated SNN over the test set (Table 7)
+    theta_traces: bool = True
+    firing_rates: bool = True
+    diagnostics: bool = False  # per-layer error split (rel_l2 = qc + sin, paper Eq. 5) per step
+    readout_start: Any = 0  # delayed readout: an integer d, or auto (estimated on calibration data)
+    quirk_no_reset: bool = False  # released code's quirk: keep step counter and running means across batches
+    resume: bool = True  # continue a partial evaluation found under the checkpoint folder
+    plots: bool = True
+    save_predictions: bool = False  # per-image correctness at the report's checkpoints (for paired tests)
+
+
+def model_variant(activation: Optional[str], levels: Any) -> str:
+    """Checkpoint-folder suffix of a non-ReLU net, so that a QCFS net never overwrites the ReLU one."""
+    if activation in (None, "relu"):
+        return ""
+    return f"_{activation}{'' if levels is None else levels}"
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(group="method", name="base_method", node=Method)
+    cs = ConfigStore.instance()
+    cs.store(group="method", name="base_method", node=Method)
+    cs.store(name="base_calibration", node=Calibration, package="calibration")
+    cs.store(name="base_sim", node=Sim, package="sim")
+    cs.store(name="base_eval", node=Eval, package="eval")
+    if not OmegaConf.has_resolver("msat_variant"):
+        OmegaConf.register_new_resolver("msat_variant", model_variant)
 
 
 register_configs()

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-DATASET_NAMES = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet")
+DATASET_NAMES = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "speech_commands", "synthetic_words")
+AUDIO_DATASETS = ("speech_commands", "synthetic_words")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (
@@ -242,6 +243,8 @@ def build_splits(cfg: Mapping[str, Any], seed: int = 0) -> DataSplits:
     name = cfg["name"]
     if name not in DATASET_NAMES:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    if name in AUDIO_DATASETS:
+        return build_audio_splits(cfg, seed)
     aug = dict(cfg.get("augment") or {})
     size = int(cfg["image_size"])
     mean, std = list(cfg["mean"]), list(cfg["std"])
@@ -357,3 +360,71 @@ def make_loader(ds: Dataset, batch_size: int, num_workers: int = 0, sampler: Opt
     if sampler is not None:
         return DataLoader(ds, batch_sampler=sampler, **kw)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
+
+
+# --------------------------------------------------------------------- spoken words (1-D)
+class TimeShift:
+    """Roll a waveform by a random shift of up to ``fraction`` of its length (training)."""
+
+    def __init__(self, fraction: float):
+        self.fraction = float(fraction)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = int(self.fraction * x.shape[-1])
+        if n <= 0:
+            return x
+        return torch.roll(x, int(torch.randint(-n, n + 1, ())), dims=-1)
+
+
+def build_audio_splits(cfg: Mapping[str, Any], seed: int = 0) -> DataSplits:
+    """Speech Commands (``root/<word>/*.wav`` + split lists) or the synthetic espeak-ng set,
+    as ``[1, samples]`` waveforms of ``dataset.seconds`` at ``dataset.sample_rate``."""
+    from .speech import (
+        DIGIT_WORDS,
+        SAMPLE_RATE,
+        SPEECH_COMMANDS_10,
+        SPEECH_COMMANDS_35,
+        SpeechDataError,
+        WaveformFiles,
+        make_synthetic_words,
+        speech_folder_samples,
+    )
+
+    name = cfg["name"]
+    words = cfg.get("words", 35)
+    if name == "synthetic_words":
+        words = list(DIGIT_WORDS)
+        if cfg.get("root") is None:
+            raise DatasetError("synthetic_words: set dataset.root to the folder to generate the set into")
+        try:
+            root = make_synthetic_words(Path(cfg["root"]).expanduser(), words, seed=int(cfg.get("generator_seed", 0)))
+        except SpeechDataError as exc:
+            raise DatasetError(str(exc)) from exc
+    else:
+        words = list(SPEECH_COMMANDS_35 if words in (35, "35") else SPEECH_COMMANDS_10 if words in (10, "10")
+                     else words)
+        root = _check_root(cfg.get("root") or "", name)
+    rate = int(cfg.get("sample_rate", SAMPLE_RATE))
+    length = int(round(float(cfg.get("seconds", 1.0)) * rate))
+    resample_input = bool(cfg.get("resample", rate != SAMPLE_RATE))
+    if rate != SAMPLE_RATE and not resample_input:
+        raise DatasetError(f"{name}: sample_rate={rate} needs dataset.resample=true (the files are {SAMPLE_RATE} Hz)")
+    try:
+        splits = speech_folder_samples(Path(root), words)
+    except SpeechDataError as exc:
+        raise DatasetError(str(exc)) from exc
+    if int(cfg["num_classes"]) != len(words):
+        raise DatasetError(f"{name}: {len(words)} words, but dataset.num_classes={cfg['num_classes']}")
+    make = lambda items: WaveformFiles(items, length, rate, resample_input)  # noqa: E731
+    train_items = splits["train"]
+    base_train = subset(make(train_items), cfg.get("max_train_samples"), seed=0)
+    base_test = subset(make(splits["test"]), cfg.get("max_test_samples"), seed=0)
+    shift = float((cfg.get("augment") or {}).get("time_shift", 0.0) or 0.0)
+    return DataSplits(
+        train=TransformedDataset(base_train, TimeShift(shift) if shift else None, seed=seed),
+        test=TransformedDataset(base_test, None),
+        calibration=TransformedDataset(base_train, None),
+        num_classes=len(words),
+        in_channels=1,
+        image_size=length,
+    )

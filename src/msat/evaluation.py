@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,19 +19,29 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from .calibration import progress_bar
 from .checkpoint import FORMAT_VERSION, atomic_save, safe_load
 from .distributed import DistInfo, all_reduce_sum
-from .monitors import FiringMonitor, ThetaMonitor
-from .simulation import SpikingNetwork, check_T, iterate_steps
-from .sin import InactiveRecorder, SINMonitor, relu_sites
+from .network import SpikingNetwork
+from .simulation import check_readout_start, check_T, readout_chunks
+from .sin import PreRecorder, relu_sites
+
+log = logging.getLogger(__name__)
 
 
-def check_checkpoints(checkpoints: Sequence[int], T: int) -> list[int]:
+def check_checkpoints(checkpoints: Sequence[int], T: int, clip: bool = False) -> list[int]:
+    """The report's time-step checkpoints. ``clip``: drop those beyond T (and say so) instead
+    of refusing them."""
     cps = sorted({int(t) for t in checkpoints})
-    bad = [t for t in cps if t < 1 or t > T]
-    if bad:
-        raise ValueError(f"time-step checkpoints {bad} lie outside 1..T={T}; raise eval.T or drop them")
-    return cps
+    if any(t < 1 for t in cps):
+        raise ValueError(f"time-step checkpoints must be >= 1, got {cps}")
+    beyond = [t for t in cps if t > T]
+    if beyond and not clip:
+        raise ValueError(f"time-step checkpoints {beyond} lie outside 1..T={T}; raise eval.T or drop them")
+    if beyond:
+        log.info("eval.T=%d: the report's checkpoints %s lie beyond T and are left out", T, beyond)
+    kept = [t for t in cps if t <= T]
+    return kept or [T]
 
 
 def fingerprint(obj: Mapping[str, Any]) -> str:
@@ -39,43 +50,6 @@ def fingerprint(obj: Mapping[str, Any]) -> str:
 
 def batch_seed(seed: int, batch: int) -> int:
     return (int(seed) * 1_000_033 + int(batch)) % (2**62)
-
-
-class _Monitors:
-    def __init__(self, snn: SpikingNetwork, T: int, device, sin: bool, theta: bool, firing: bool):
-        L = len(snn.neurons)
-        self.firing = [FiringMonitor(T, device) for _ in range(L)] if firing else []
-        self.theta = [ThetaMonitor(T, device, seed=i) for i in range(L)] if theta else []
-        self.sin = [SINMonitor(T, device) for _ in range(L)] if sin else []
-        self.snn = snn
-
-    def groups(self):
-        return {"firing": self.firing, "theta": self.theta, "sin": self.sin}
-
-    def attach(self):
-        for i, n in enumerate(self.snn.neurons):
-            for group in self.groups().values():
-                if group:
-                    n.monitors.append(group[i])
-
-    def detach(self):
-        for i, n in enumerate(self.snn.neurons):
-            for group in self.groups().values():
-                if group and group[i] in n.monitors:
-                    n.monitors.remove(group[i])
-
-    def state(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, group in self.groups().items():
-            for i, m in enumerate(group):
-                for k, v in m.state_dict().items():
-                    out[f"{name}.{i}.{k}"] = v
-        return out
-
-    def load(self, state: Mapping[str, torch.Tensor]) -> None:
-        for name, group in self.groups().items():
-            for i, m in enumerate(group):
-                m.load_state_dict({k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"{name}.{i}.")})
 
 
 @torch.inference_mode()  # state is reset before every batch, so no inference tensor outlives the loop
@@ -92,7 +66,10 @@ def evaluate_snn(
     sin: bool = False,
     theta_traces: bool = True,
     firing_rates: bool = True,
+    monitors: Optional[Mapping[str, Sequence[Any]]] = None,
+    record_at: Sequence[int] = (),
     keep_running_state: bool = False,
+    readout_start: int = 0,
     dtype: torch.dtype = torch.float32,
     info: DistInfo = DistInfo(),
     partial_path: Optional[Path] = None,
@@ -104,77 +81,74 @@ def evaluate_snn(
     """Simulate ``snn`` on ``dataset`` for T steps per batch; returns raw sums (see :func:`summarize`).
 
     ``ann`` is the prepared (BN-folded) ANN: its accuracy on the same images is reported,
-    and with ``sin=True`` its pre-activations mark the inactivated neurons.
+    and its pre-activations feed the monitors that need them (SIN, ``monitors``: extra
+    groups of one monitor per layer, e.g. the layer-error monitors). ``record_at``: steps at
+    which every image's correctness is kept (``core["per_image"]``, [n, len(record_at)]),
+    for paired tests between methods on the same images.
     """
     T = check_T(T)
+    readout_start = check_readout_start(readout_start, T)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(dataset)
     if n == 0:
         raise ValueError("the evaluation set is empty")
     n_batches = math.ceil(n / batch_size)
-    mons = _Monitors(snn, T, device, sin, theta_traces, firing_rates)
     core = {
         "correct": torch.zeros(T, dtype=torch.float64, device=device),
         "ann_correct": torch.zeros((), dtype=torch.float64, device=device),
         "n": torch.zeros((), dtype=torch.float64, device=device),
+        "per_image": torch.zeros(n, len(record_at), dtype=torch.float64, device=device),
     }
-    done: list[int] = []
-    if partial_path is not None and partial_path.exists() and not keep_running_state:
-        saved = safe_load(partial_path, "partial evaluation", map_location=device)
-        if saved.get("run_key") == run_key and saved.get("kind") == "eval_partial":
-            for k, v in saved["core"].items():
-                core[k].copy_(v)
-            mons.load(saved["monitors"])
-            done = list(saved["done"])
-            if info.is_main:
-                print(f"continuing the evaluation in {partial_path}: {len(done)} batches done")
-    todo = [b for b in range(n_batches) if b % info.world == info.rank and b not in set(done)]
-    batches = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in todo]
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
-    sites = relu_sites(ann) if sin else []
-    mons.attach()
-    t_start, img_steps = time.perf_counter(), 0
-    bar = loader
-    if progress and info.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(loader, total=len(batches), desc=f"simulate T={T}", leave=False, dynamic_ncols=True, disable=None)
-    try:
+    rec = [int(t) - 1 for t in record_at]
+    if any(not 0 <= t < T for t in rec):
+        raise ValueError(f"record_at steps {list(record_at)} must lie in 1..T={T}")
+    with snn.monitor(T, firing=firing_rates, theta=theta_traces, sin=sin, device=device, **(monitors or {})) as mons:
+        done: list[int] = []
+        if partial_path is not None and partial_path.exists() and not keep_running_state:
+            saved = safe_load(partial_path, "partial evaluation", map_location=device)
+            if saved.get("run_key") == run_key and saved.get("kind") == "eval_partial":
+                for k, v in saved["core"].items():
+                    core[k].copy_(v)
+                mons.load(saved["monitors"])
+                done = list(saved["done"])
+                if info.is_main:
+                    log.info("continuing the evaluation in %s: %d batches done", partial_path, len(done))
+        todo = [b for b in range(n_batches) if b % info.world == info.rank and b not in set(done)]
+        batches = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in todo]
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+        sites = relu_sites(ann)
+        t_start, img_steps = time.perf_counter(), 0
+        bar = progress_bar(loader, len(batches), f"simulate T={T}", progress and info.is_main)
         for b, (x, y) in zip(todo, bar):
             x, y = x.to(device=device, dtype=dtype), y.to(device)
             if channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if sin:
-                with InactiveRecorder(sites) as rec:
+            if mons.needs_ann:
+                with PreRecorder(sites) as recorder:
                     logits = ann(x)
-                for m, mask in zip(mons.sin, rec.masks):
-                    m.begin_batch(mask)
+                mons.begin_batch(recorder.pre)
+                del recorder
             else:
                 logits = ann(x)
+                mons.begin_batch()
             core["ann_correct"] += (logits.argmax(1) == y).sum()
             core["n"] += len(y)
-            for m in mons.firing + mons.theta:
-                m.begin_batch()
-            running = None
-            for t0, out in iterate_steps(snn, x, T, chunk, seed=batch_seed(seed, b),
-                                         keep_running_state=keep_running_state and b > 0):
-                if running is None:
-                    running = torch.zeros_like(out[0])
-                cum = torch.empty_like(out)
-                for k in range(out.shape[0]):  # sequential sums: the same for every chunk size
-                    running = running + out[k]
-                    cum[k] = running
-                core["correct"][t0 : t0 + out.shape[0]] += (cum.argmax(-1) == y).sum(1)
-            for m in mons.sin:
-                m.end_batch()
+            first = b * batch_size
+            for t0, cum in readout_chunks(snn, x, T, chunk, seed=batch_seed(seed, b),
+                                          keep_running_state=keep_running_state and b > 0,
+                                          readout_start=readout_start):
+                hit = cum.argmax(-1) == y  # [K, B]
+                core["correct"][t0 : t0 + cum.shape[0]] += hit.sum(1)
+                for j, t in enumerate(rec):
+                    if t0 <= t < t0 + cum.shape[0]:
+                        core["per_image"][first : first + len(y), j] = hit[t - t0].double()
+            mons.end_batch()
             img_steps += len(y) * T
             done.append(b)
             if partial_path is not None and not keep_running_state:
                 atomic_save({"format_version": FORMAT_VERSION, "kind": "eval_partial", "run_key": run_key,
                              "core": core, "monitors": mons.state(), "done": done}, partial_path)
-    finally:
-        mons.detach()
     elapsed = time.perf_counter() - t_start
     for v in core.values():
         all_reduce_sum(v, info)
@@ -218,6 +192,21 @@ def summarize(raw: Mapping[str, Any], snn: SpikingNetwork, checkpoints: Sequence
     return res
 
 
+def summarize_curve(correct: torch.Tensor, n: float, checkpoints: Sequence[int], tol: float,
+                    ann_acc: Optional[float]) -> dict:
+    acc = (100.0 * correct / n).tolist()
+    T = len(acc)
+    best_t = max(range(T), key=lambda i: (acc[i], -i))
+    within = None
+    if ann_acc is not None:
+        within = next((t + 1 for t in range(T) if acc[t] >= ann_acc - tol), None)
+    return {
+        "n_samples": int(n), "T": T, "ann_acc": ann_acc, "acc": acc,
+        "acc_at": {str(t): acc[t - 1] for t in check_checkpoints(checkpoints, T, clip=True)},
+        "best_acc": acc[best_t], "best_step": best_t + 1, "step_within_tol": within, "tol": tol, "final_acc": acc[-1],
+    }
+
+
 # ----------------------------------------------------------------- directly trained MT-SNNs
 @torch.no_grad()
 def evaluate_multistep(model, dataset, *, T: int, batch_size: int, device: torch.device, info: DistInfo = DistInfo(),
@@ -234,10 +223,7 @@ def evaluate_multistep(model, dataset, *, T: int, batch_size: int, device: torch
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=num_workers)
     correct = torch.zeros(T, dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
-    if progress and info.is_main:
-        from tqdm.auto import tqdm
-
-        loader = tqdm(loader, total=len(mine), desc=f"evaluate T={T}", leave=False, dynamic_ncols=True, disable=None)
+    loader = progress_bar(loader, len(mine), f"evaluate T={T}", progress and info.is_main)
     t0 = time.perf_counter()
     for x, y in loader:
         x, y = x.to(device), y.to(device)
@@ -248,18 +234,3 @@ def evaluate_multistep(model, dataset, *, T: int, batch_size: int, device: torch
     all_reduce_sum(correct, info)
     all_reduce_sum(count, info)
     return {"correct": correct.cpu(), "n": float(count), "elapsed_s": time.perf_counter() - t0}
-
-
-def summarize_curve(correct: torch.Tensor, n: float, checkpoints: Sequence[int], tol: float,
-                    ann_acc: Optional[float]) -> dict:
-    acc = (100.0 * correct / n).tolist()
-    T = len(acc)
-    best_t = max(range(T), key=lambda i: (acc[i], -i))
-    within = None
-    if ann_acc is not None:
-        within = next((t + 1 for t in range(T) if acc[t] >= ann_acc - tol), None)
-    return {
-        "n_samples": int(n), "T": T, "ann_acc": ann_acc, "acc": acc,
-        "acc_at": {str(t): acc[t - 1] for t in check_checkpoints(checkpoints, T)},
-        "best_acc": acc[best_t], "best_step": best_t + 1, "step_within_tol": within, "tol": tol, "final_acc": acc[-1],
-    }

@@ -132,6 +132,19 @@ def _short_hw(hw: str) -> str:
     return (hw or "?").split(", torch")[0]
 
 
+def format_curve_table(results: dict[str, dict], checkpoints) -> str:
+    """A text table: one row per method, accuracy at the checkpoints, best and Step."""
+    head = f"{'method':<12}{'ANN':>8}" + "".join(f"{'T=' + str(t):>9}" for t in checkpoints) + f"{'best':>9}{'@t':>6}{'Step':>6}"
+    lines = [head, "-" * len(head)]
+    for name, r in results.items():
+        ann = f"{r['ann_acc']:>8.2f}" if r.get("ann_acc") is not None else f"{'-':>8}"
+        row = f"{name:<12}{ann}" + "".join(f"{r['acc'][t - 1]:>9.2f}" for t in checkpoints if t <= r["T"])
+        step = r.get("step_within_tol")
+        row += f"{r['best_acc']:>9.2f}{r['best_step']:>6}{(step if step is not None else '-'):>6}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
 def markdown_report(results: list[dict]) -> str:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in results:

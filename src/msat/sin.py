@@ -2,7 +2,8 @@
 
 A neuron is *inactivated* for a sample when its ANN pre-activation (the ReLU input after
 BN folding) is negative; it has *SIN by step t* when it is inactivated and has emitted at
-least one spike in steps 1..t. The ANN and the SNN run side by side on the same batch.
+least one spike in steps 1..t. The ANN and the SNN run side by side on the same batch,
+through the network's monitor mechanism (:meth:`SpikingNetwork.monitor`).
 """
 
 from __future__ import annotations
@@ -13,138 +14,66 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from torch import nn
 
-from .conversion import ReLUSite, _batches, prepare_ann, relu_sites
-from .monitors import Monitor
-from .simulation import SpikingNetwork, check_T, iterate_steps
+from .calibration import Observing, batches
+from .conversion import ReLUSite, prepare_ann, relu_sites
+from .fxutils import device_of
+from .monitors import SINMonitor
+from .network import SpikingNetwork, sc_layer_indices
+from .simulation import check_T, iterate_steps
 
 SC_KEYS = {"p", "early_steps", "layers", "reset", "seed", "r_definition", "T"}
+SC_DEFAULTS = dict(p=None, early_steps=16, layers="last", reset="fired", seed=0, r_definition="fired", T=256)
 
 
-class SINMonitor(Monitor):
-    """Per-layer SIN statistics, summed over batches. Attach to ``neuron.monitors``.
-
-    Counters stay on the simulation device (no host sync per step)."""
-
-    def __init__(self, T: int, device=None):
-        self.T = T
-        kw = dict(dtype=torch.float64, device=device)
-        self.state = {
-            "sin_count": torch.zeros(T, **kw),  # neurons with SIN by step t
-            "fired_count": torch.zeros(T, **kw),  # neurons that fired by step t
-            "totals": torch.zeros(3, **kw),  # neurons x samples, SIN spikes, neurons with SIN
-        }
-        self.inactive: Optional[torch.Tensor] = None
-
-    @property
-    def sin_count(self) -> torch.Tensor:
-        return self.state["sin_count"]
-
-    @property
-    def fired_count(self) -> torch.Tensor:
-        return self.state["fired_count"]
-
-    def begin_batch(self, inactive: torch.Tensor) -> None:
-        self.inactive = inactive
-        self.fired_any = torch.zeros_like(inactive)
-        self.spikes = torch.zeros(inactive.shape, dtype=torch.float32, device=inactive.device)
-        self.step = 0
-        self.state["totals"][0] += inactive.numel()
-
-    def on_step(self, neuron, t, theta, fired, emitted) -> None:
-        if self.inactive is None:
-            return
-        self.step += 1
-        if self.step > self.T:
-            return
-        self.fired_any |= emitted > 0
-        self.spikes += emitted
-        self.state["sin_count"][self.step - 1] += (self.fired_any & self.inactive).sum()
-        self.state["fired_count"][self.step - 1] += self.fired_any.sum()
-
-    def end_batch(self) -> None:
-        if self.inactive is None:
-            return
-        sin = self.fired_any & self.inactive
-        self.state["totals"][1] += (self.spikes * sin).sum()
-        self.state["totals"][2] += sin.sum()
-        self.inactive = None
-
-    # -------------------------------------------------------------- results
-    @property
-    def neurons(self) -> float:
-        return float(self.state["totals"][0])
-
-    def ratio(self) -> torch.Tensor:
-        """SIN ratio after each step: neurons with SIN / all neurons of the layer."""
-        return (self.sin_count / max(self.neurons, 1.0)).cpu()
-
-    def fired_ratio(self) -> torch.Tensor:
-        return (self.fired_count / max(self.neurons, 1.0)).cpu()
-
-    def ratio_among_fired(self) -> torch.Tensor:
-        f = self.fired_count.cpu()
-        return torch.where(f > 0, self.sin_count.cpu() / f.clamp(min=1), torch.zeros((), dtype=f.dtype))
-
-    def ans(self) -> float:
-        """ANS: mean number of SIN spikes per neuron with SIN (paper Table 7)."""
-        n = float(self.state["totals"][2])
-        return float(self.state["totals"][1]) / n if n else 0.0
-
-
-class InactiveRecorder:
-    """Records ``pre < 0`` at every ReLU site of a prepared ANN."""
+class PreRecorder:
+    """Records every site's pre-activation during one ANN forward."""
 
     def __init__(self, sites):
-        self.sites = sites
-        self.masks: list[Optional[torch.Tensor]] = [None] * len(sites)
+        self.sites = list(sites)
+        self.pre: list[Optional[torch.Tensor]] = [None] * len(self.sites)
+        self._observing = Observing(self.sites, [self] * len(self.sites))
 
     def __call__(self, site: ReLUSite, pre: torch.Tensor) -> None:
-        self.masks[site.index] = pre.detach() < 0
+        self.pre[site.index] = pre.detach()
 
     def __enter__(self):
-        for s in self.sites:
-            s.observers.append(self)
+        self._observing.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for s in self.sites:
-            s.observers.remove(self)
+        self._observing.__exit__(*exc)
 
 
 @torch.no_grad()
-def inactive_masks(ann, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Run the prepared ANN on ``x``; returns (inactivated masks per site, ANN logits)."""
-    with InactiveRecorder(relu_sites(ann)) as rec:
+def ann_pre_activations(ann, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Run the prepared ANN on ``x``; returns (pre-activation of every site, ANN logits)."""
+    with PreRecorder(relu_sites(ann)) as rec:
         logits = ann(x)
-    return rec.masks, logits
+    return rec.pre, logits
 
 
-def _check_pair(ann, snn: SpikingNetwork) -> None:
-    if len(relu_sites(ann)) != len(snn.neurons):
+def check_pair(ann, snn: SpikingNetwork) -> None:
+    n_sites = len(relu_sites(ann))
+    if n_sites != len(snn.neurons):
         raise ValueError(
-            f"the ANN has {len(relu_sites(ann))} ReLU sites but the SNN has {len(snn.neurons)} spiking "
-            f"layers; pass the model that was converted"
+            f"the ANN has {n_sites} ReLU sites but the SNN has {len(snn.neurons)} spiking layers; pass the "
+            f"model that was converted into this SNN"
         )
 
 
 @torch.no_grad()
 def sin_statistics(ann, snn: SpikingNetwork, x: torch.Tensor, T: int, chunk: int = 1) -> list[SINMonitor]:
-    """Run a prepared ANN and the SNN side by side on one batch; one monitor per layer."""
+    """Run a prepared ANN and the SNN side by side on one batch; one SIN monitor per layer."""
     T = check_T(T)
-    _check_pair(ann, snn)
-    masks, _ = inactive_masks(ann, x)
-    monitors = [SINMonitor(T, x.device) for _ in snn.neurons]
-    for n, m, mask in zip(snn.neurons, monitors, masks):
-        m.begin_batch(mask)
-        n.monitors.append(m)
-    try:
+    check_pair(ann, snn)
+    pre, _ = ann_pre_activations(ann, x)
+    with snn.monitor(T, sin=True, device=x.device) as mons:
+        mons.begin_batch(pre)
+        del pre
         for _ in iterate_steps(snn, x, T, chunk):
             pass
-    finally:
-        for n, m in zip(snn.neurons, monitors):
-            n.monitors.remove(m)
-            m.end_batch()
-    return monitors
+        mons.end_batch()
+    return mons.sin
 
 
 def measure_sin(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, T: int) -> list[torch.Tensor]:
@@ -154,7 +83,7 @@ def measure_sin(model: nn.Module, snn: SpikingNetwork, x: torch.Tensor, T: int) 
     float tensor of length T per spiking layer, in graph order.
     """
     ann = prepare_ann(model)
-    device = next(iter(snn.buffers())).device
+    device = device_of(snn)
     ann.to(device)
     monitors = sin_statistics(ann, snn, x.to(device), T)
     return [m.ratio().float() for m in monitors]
@@ -167,30 +96,41 @@ def auto_early_steps(ratio: torch.Tensor, fraction: float = 0.9) -> int:
     return int(hit[0]) + 1 if len(hit) else len(ratio)
 
 
-def spike_confidence(monitors: list[SINMonitor], early_steps: int, r_definition: str = "fired") -> list[float]:
-    """p[l] = 1 - r[l], with r[l] = neurons with SIN by step E / neurons that fired by E
-    (``r_definition="fired"``, the default) or / all neurons (``"all"``)."""
+def confidence_from_counts(sin: torch.Tensor, fired: torch.Tensor, neurons: torch.Tensor,
+                           r_definition: str = "fired") -> torch.Tensor:
+    """p = 1 - r, with r = neurons with SIN by E / neurons that fired by E (``"fired"``), or /
+    all neurons (``"all"``); counts of one step E, one entry per layer."""
     if r_definition not in ("fired", "all"):
         raise ValueError(f"r_definition must be 'fired' or 'all', got {r_definition!r}")
-    p = []
+    denom = fired if r_definition == "fired" else neurons
+    return 1.0 - torch.where(denom > 0, sin / denom.clamp(min=1), torch.zeros((), dtype=sin.dtype))
+
+
+def spike_confidence(monitors: list[SINMonitor], early_steps: int, r_definition: str = "fired") -> list[float]:
+    """p[l] = 1 - r[l] for every layer, from the SIN monitors of one measurement."""
     for m in monitors:
         if early_steps > m.T:
             raise ValueError(f"E={early_steps} is beyond the {m.T} measured steps")
-        sin = float(m.sin_count[early_steps - 1])
-        denom = float(m.fired_count[early_steps - 1]) if r_definition == "fired" else m.neurons
-        p.append(1.0 - (sin / denom if denom else 0.0))
-    return p
+    sin = torch.tensor([float(m.sin_count[early_steps - 1]) for m in monitors], dtype=torch.float64)
+    fired = torch.tensor([float(m.fired_count[early_steps - 1]) for m in monitors], dtype=torch.float64)
+    neurons = torch.tensor([m.neurons for m in monitors], dtype=torch.float64)
+    return confidence_from_counts(sin, fired, neurons, r_definition).tolist()
 
 
 def check_sc(sc: Mapping[str, Any]) -> dict:
+    """Validate spike-confidence settings (API keys); returns them with defaults filled in."""
     unknown = set(sc) - SC_KEYS
     if unknown:
         raise ValueError(f"unknown spike-confidence keys {sorted(unknown)}; allowed: {sorted(SC_KEYS)}")
-    out = dict(p=None, early_steps=16, layers="last", reset="fired", seed=0, r_definition="fired", T=256)
+    out = dict(SC_DEFAULTS)
     out.update({k: v for k, v in sc.items() if v is not None or k == "p"})
     E = out["early_steps"]
     if E != "auto" and (isinstance(E, bool) or int(E) != E or int(E) < 1):
         raise ValueError(f"sc early_steps must be a positive integer or 'auto', got {E!r}")
+    if out["reset"] not in ("fired", "emitted"):
+        raise ValueError(f"sc reset must be 'fired' or 'emitted', got {out['reset']!r}")
+    if out["r_definition"] not in ("fired", "all"):
+        raise ValueError(f"sc r_definition must be 'fired' or 'all', got {out['r_definition']!r}")
     p = out["p"]
     values = [] if p is None else ([p] if isinstance(p, (int, float)) else list(p.values()) if isinstance(p, Mapping) else list(p))
     for v in values:
@@ -205,15 +145,13 @@ def apply_spike_confidence(snn: SpikingNetwork, ann, calibration_data: Iterable,
     sc = check_sc(sc)
     E = sc["early_steps"]
     if sc["p"] is None or E == "auto":
-        x = next(iter(_batches(calibration_data, 1)), None)
+        x = next(iter(batches(calibration_data, 1)), None)
         if x is None:
             raise ValueError("spike confidence needs one calibration batch to measure p")
-        device = next(iter(snn.buffers())).device
         snn.clear_sc()
         T_meas = int(sc["T"]) if E == "auto" else int(E)
-        monitors = sin_statistics(ann, snn, x.to(device), T_meas)
-        L = len(monitors)
-        layers = [L - 1] if sc["layers"] == "last" else list(range(L)) if sc["layers"] == "all" else sc["layers"]
+        monitors = sin_statistics(ann, snn, x.to(device_of(snn)), T_meas)
+        layers = sc_layer_indices(sc["layers"], len(monitors))
         if E == "auto":
             E = auto_early_steps(monitors[layers[-1]].ratio())
         if sc["p"] is None:
@@ -228,3 +166,70 @@ def one_shot_safe(data: Iterable, num_batches: Optional[int]) -> Iterable:
     if iter(data) is data:
         return list(itertools.islice(data, num_batches))
     return data
+
+
+# ----------------------------------------------------------------- stored statistics (convert.py)
+def sin_record(monitors: list[SINMonitor], T: int, batch_size: int, threshold: str) -> dict:
+    """The SIN statistics a conversion artifact stores (enough to resolve SC later)."""
+    return {
+        "T": int(T), "batch_size": int(batch_size), "threshold": threshold,
+        "sin_count": torch.stack([m.sin_count.cpu() for m in monitors]),
+        "fired_count": torch.stack([m.fired_count.cpu() for m in monitors]),
+        "neurons": torch.tensor([m.neurons for m in monitors], dtype=torch.float64),
+        "ans": torch.tensor([m.ans() for m in monitors], dtype=torch.float64),
+    }
+
+
+def sin_summary(sin: Mapping[str, Any], sc: Optional[dict]) -> dict:
+    neurons = sin["neurons"].unsqueeze(1)
+    ratio = (sin["sin_count"] / neurons).tolist()
+    fired = sin["fired_count"]
+    among = torch.where(fired > 0, sin["sin_count"] / fired.clamp(min=1), torch.zeros(())).tolist()
+    out = {"T": sin["T"], "ratio": ratio, "ratio_among_fired": among, "ans": sin["ans"].tolist()}
+    if sc is not None:
+        out.update(early_steps=sc["early_steps"], p_all_layers=sc["p_all_layers"], r_definition=sc["r_definition"])
+    return out
+
+
+def resolve_sc(sc_cfg: Mapping[str, Any], sin: Optional[Mapping[str, Any]], n_layers: int, T: Optional[int],
+               required: bool = True) -> Optional[dict]:
+    """Spike-confidence settings from a config (``method.sc``): E (or 'auto') and p per layer,
+    given or measured from stored SIN statistics ``sin``. ``T``: the simulation length
+    (E <= T). Returns None when the statistics are missing and ``required`` is False."""
+    sc = check_sc({k: v for k, v in sc_cfg.items() if k in SC_KEYS})
+    seeds = sc_cfg.get("seeds")
+    idx = sc_layer_indices(sc["layers"], n_layers)
+    E = sc["early_steps"]
+    if E == "auto":
+        if sin is None:
+            if not required:
+                return None
+            raise ValueError("method.sc.early_steps=auto needs SIN statistics: rerun convert.py with sin.enabled=true")
+        E = auto_early_steps(sin["sin_count"][idx[-1]] / sin["neurons"][idx[-1]])
+    E = int(E)
+    if T is not None and E > T:
+        raise ValueError(f"spike confidence E={E} is larger than T={T}")
+    p_all = None
+    if sin is not None and E <= sin["T"]:
+        p_all = confidence_from_counts(sin["sin_count"][:, E - 1], sin["fired_count"][:, E - 1], sin["neurons"],
+                                       sc["r_definition"]).tolist()
+    p = sc["p"]
+    if p is None:
+        if p_all is None:
+            if not required:
+                return None
+            raise ValueError(
+                "spike confidence needs p, but the conversion artifact has no SIN statistics"
+                + (f" up to E={E}" if sin is not None else "")
+                + ": rerun convert.py with sin.enabled=true (and sin.T >= E), or give method.sc.p"
+            )
+        p = [p_all[i] for i in idx]
+    elif isinstance(p, (int, float)):
+        p = [float(p)] * len(idx)
+    elif len(p) == n_layers and len(idx) != n_layers:
+        p = [p[i] for i in idx]
+    if len(p) != len(idx):
+        raise ValueError(f"method.sc.p has {len(p)} values for {len(idx)} spike-confidence layers")
+    return {"early_steps": E, "layers": idx, "p": [float(v) for v in p], "reset": sc["reset"],
+            "seed": int(sc["seed"]), "r_definition": sc["r_definition"], "p_all_layers": p_all,
+            "seeds": list(seeds or [int(sc["seed"])])}

@@ -204,3 +204,105 @@ def plot_bars(path: str | os.PathLike, labels: Sequence[str], values: Sequence[f
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return _save(plt, fig, path)
+
+
+# ----------------------------------------------------------------------- what the stages log
+def log_evaluation(tr: Tracker, res: Mapping[str, Any], out: Path, label: str, title: str, plots: bool = True) -> dict:
+    """Curves (per time step), tables, summary and plots of one evaluation (``results.json``
+    contents); returns the PNG paths."""
+    import torch
+
+    pngs = {}
+    if plots:
+        bands = None
+        if "acc_std" in res:
+            a, s = torch.tensor(res["acc"]), torch.tensor(res["acc_std"])
+            bands = {label: ((a - s).tolist(), (a + s).tolist())}
+        pngs["accuracy"] = plot_curves(out / "accuracy.png", {label: res["acc"]}, f"{title}: SNN accuracy",
+                                       hline=res["ann_acc"], bands=bands)
+        if "firing_rate" in res:
+            pngs["firing_rate"] = plot_bars(out / "firing_rate.png", [f"{i}" for i in range(len(res["firing_rate"]))],
+                                            res["firing_rate"], f"firing rate per layer (mean {res['firing_rate_mean']:.4f})",
+                                            "spikes / neuron / step")
+        if "theta_traces" in res:
+            tr_ = res["theta_traces"]
+            pngs["theta"] = plot_curves(out / "theta.png", {f"{i}": t["mean"] for i, t in enumerate(tr_)},
+                                        "threshold theta_t * lam per layer (mean, 10-90% band)", ylabel="threshold",
+                                        bands={f"{i}": (t["p10"], t["p90"]) for i, t in enumerate(tr_)}, logx=True)
+        if "sin" in res:
+            pngs["sin"] = plot_curves(out / "sin_ratio_eval.png", {f"{i}": r for i, r in enumerate(res["sin"]["ratio"])},
+                                      "SIN ratio per layer over the test set", ylabel="neurons with SIN / neurons")
+    tr.define_step_metric("timestep", "curve/*")
+    std = res.get("acc_std")
+    for t, a in enumerate(res["acc"]):
+        row = {"timestep": t + 1, "curve/snn_acc": a, "curve/ann_acc": res["ann_acc"]}
+        if std:
+            row["curve/snn_acc_std"] = std[t]
+        for i, th in enumerate(res.get("theta_traces", [])):
+            row[f"curve/theta_mean_{i}"] = th["mean"][t]
+        for i, r in enumerate(res.get("sin", {}).get("ratio", [])):
+            row[f"curve/sin_ratio_{i}"] = r[t]
+        tr.log(row)
+    tr.table("accuracy_at_T", ["T", "snn_acc", "ann_acc"], [[int(t), a, res["ann_acc"]] for t, a in res["acc_at"].items()])
+    if "firing_rate" in res:
+        tr.table("layers", ["layer", "name", "firing_rate"],
+                 [[i, n, r] for i, (n, r) in enumerate(zip(res["layers"], res["firing_rate"]))])
+    tr.summary({"ann_acc": res["ann_acc"], "best_acc": res["best_acc"], "best_step": res["best_step"],
+                "step_within_tol": res["step_within_tol"], "firing_rate_mean": res.get("firing_rate_mean"),
+                "energy_ratio": res.get("energy", {}).get("energy_ratio"),
+                **{f"acc_T{t}": a for t, a in res["acc_at"].items()}})
+    for k, p in pngs.items():
+        tr.image(f"plot/{k}", p)
+    return pngs
+
+
+def log_conversion(tr: Tracker, names: Sequence[str], lam: Sequence[Any], sin: Optional[Mapping[str, Any]],
+                   out: Path, path: Path, title: str, artifact_name: str) -> None:
+    """lam table, SIN curves (paper Fig. 2 style PNG) and the artifact itself."""
+    tr.table("lam", ["layer", "name", "lam_max", "lam_mean"],
+             [[i, n, float(v.max()), float(v.float().mean())] for i, (n, v) in enumerate(zip(names, lam))])
+    if sin is not None:
+        ratio = sin["ratio"]
+        png = plot_curves(out / "sin_ratio.png", {f"{i}: {n}": r for i, (n, r) in enumerate(zip(names, ratio))},
+                          f"SIN ratio per layer ({title})", ylabel="neurons with SIN / neurons")
+        tr.image("convert/sin_ratio", png)
+        tr.define_step_metric("timestep", "sin/*")
+        for t in range(len(ratio[0])):
+            tr.log({"timestep": t + 1, **{f"sin/ratio_{i}": r[t] for i, r in enumerate(ratio)}})
+        p_all = sin.get("p_all_layers") or [None] * len(ratio)
+        tr.table("sin_layers", ["layer", "name", "ratio_at_T", "ratio_among_fired_at_T", "ans", "p"],
+                 [[i, n, ratio[i][-1], sin["ratio_among_fired"][i][-1], sin["ans"][i], p_all[i]]
+                  for i, n in enumerate(names)])
+    tr.artifact(artifact_name, "conversion", path)
+
+
+def plot_error_maps(out: Path, diag: Mapping[str, Any], title: str) -> dict[str, Path]:
+    """The layer-error split (msat.layer_errors): a layer x t heatmap per error (log colour
+    scale) and per-layer curves."""
+    import math
+
+    from matplotlib.colors import LogNorm
+
+    plt = _plt()
+    keys = ("rel_l2", "qc", "sin")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), dpi=110, sharey=True)
+    vals = [v for k in keys for c in diag[k] for v in c if v > 0 and math.isfinite(v)]
+    norm = LogNorm(vmin=max(min(vals), 1e-4), vmax=max(vals)) if vals else None
+    for ax, k in zip(axes, keys):
+        im = ax.imshow([[max(v, 1e-4) for v in c] for c in diag[k]], aspect="auto", origin="lower", norm=norm,
+                       cmap="magma", extent=(0.5, len(diag[k][0]) + 0.5, -0.5, len(diag[k]) - 0.5),
+                       interpolation="nearest")
+        ax.set_xscale("log", base=2)
+        ax.set_title(k)
+        ax.set_xlabel("time step t")
+    axes[0].set_ylabel("spiking layer")
+    fig.colorbar(im, ax=list(axes), shrink=0.9)
+    fig.suptitle(f"{title}: error split per layer and step (||.|| / ||a||)")
+    heat = Path(out) / "layer_errors.png"
+    heat.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(heat)
+    plt.close(fig)
+    curves = plot_curves(Path(out) / "layer_errors_rel_l2.png", {f"{i}: {n}": c for i, (n, c) in
+                                                                  enumerate(zip(diag["names"], diag["rel_l2"]))},
+                         f"{title}: rel_l2 per layer", ylabel="||r_t - a|| / ||a||", logx=True)
+    return {"layer_errors": heat, "layer_errors_rel_l2": curves}

@@ -11,6 +11,7 @@ Ctrl-C stops after the current batch and writes ``last.pt`` first.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import signal
@@ -27,6 +28,8 @@ from .checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_ann_c
 from .data import DataSplits, EpochBatchSampler, make_loader
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier
 from .models import create_model
+
+log = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(RuntimeError):
@@ -68,6 +71,10 @@ def check_train_args(train: Mapping[str, Any]) -> None:
             raise ValueError(f"train.{key} must be a positive integer, got {v!r}")
     if not train["lr"] > 0:
         raise ValueError(f"train.lr must be > 0, got {train['lr']}")
+    init = train.get("init_from")
+    if init is not None and not Path(str(init)).is_file():
+        raise CheckpointError(f"train.init_from={str(init)!r} does not exist; pass a train_ann.py checkpoint "
+                              "(its weights start this run) or null")
 
 
 def rng_state() -> dict:
@@ -183,6 +190,7 @@ def fit(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     start_epoch, start_batch, global_step, best_acc, history, run_id = 0, 0, 0, -1.0, [], None
+    init_epochs = 0  # epochs of the checkpoint this run was initialised from (train.init_from), and its own
     if ckpt is not None:
         if ckpt["train"]["epochs"] != epochs or ckpt["train"]["batch_size"] != batch_size:
             raise CheckpointError(
@@ -195,9 +203,17 @@ def fit(
         start_epoch, start_batch = int(ckpt["epoch"]), int(ckpt["batch"])
         global_step, best_acc, history = int(ckpt["global_step"]), float(ckpt["best_acc"]), list(ckpt["history"])
         run_id = ckpt.get("wandb_run_id")
+        init_epochs = int(ckpt.get("init_epochs", 0))
         set_rng_state(ckpt["rng"])
         if info.is_main:
-            print(f"resuming from {last_path}: epoch {start_epoch + 1}, batch {start_batch}")
+            log.info("resuming from %s: epoch %d, batch %d", last_path, start_epoch + 1, start_batch)
+    elif train.get("init_from") is not None:  # fine-tuning: the weights only; optimizer and schedule start fresh
+        init = load_ann_checkpoint(train["init_from"], model_spec, kind)
+        model.load_state_dict(init["model"])
+        init_epochs = int(init["epoch"]) + int(init.get("init_epochs", 0))
+        if info.is_main:
+            log.info("initialised from %s (trained %d epochs, best %.2f%%)", train["init_from"],
+                     int(init["epoch"]), float(init["best_acc"]))
 
     ddp_model = model
     if info.enabled:
@@ -230,6 +246,8 @@ def fit(
                 "written_by_rank": info.rank,
                 "seed": seed,
                 "train": {k: train[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "momentum")},
+                "init_epochs": init_epochs,
+                "init_from": None if train.get("init_from") is None else str(train["init_from"]),
                 "config": dict(run_config or {}),
             },
             path,
@@ -293,12 +311,8 @@ def fit(
             is_best = test_acc > best_acc
             best_acc = max(best_acc, test_acc)
             if info.is_main:
-                print(
-                    f"epoch {epoch + 1}/{epochs}  loss {train_loss:.4f}  train {train_acc:.2f}%  "
-                    f"test {test_acc:.2f}%  best {best_acc:.2f}%  lr {metrics['lr']:.5f}  "
-                    f"({metrics['epoch_time_s']:.1f}s)",
-                    flush=True,
-                )
+                log.info("epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%%  best %.2f%%  lr %.5f  (%.1fs)", epoch + 1,
+                         epochs, train_loss, train_acc, test_acc, best_acc, metrics["lr"], metrics["epoch_time_s"])
                 save(last_path, epoch + 1, 0, tracker_id)
                 if is_best:
                     save(best_path, epoch + 1, 0, tracker_id)

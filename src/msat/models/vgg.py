@@ -12,6 +12,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
+from ..activations import make_activation
+
 # config table: channel counts, "M" = 2x2 max-pool
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
@@ -28,7 +30,7 @@ def init_convs(model: nn.Module) -> None:
 
 
 class VGG(nn.Module):
-    def __init__(self, cfg=VGG16_CFG, num_classes: int = 10, in_channels: int = 3, width: float = 1.0):
+    def __init__(self, cfg=VGG16_CFG, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, act=nn.ReLU):
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -40,7 +42,7 @@ class VGG(nn.Module):
                 layers += [
                     nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
                     nn.BatchNorm2d(c_out),
-                    nn.ReLU(),  # one object per call site: each becomes its own spiking layer
+                    act(),  # one object per call site: each becomes its own spiking layer
                 ]
                 c_in = c_out
         self.features = nn.Sequential(*layers)
@@ -57,7 +59,9 @@ class VGG(nn.Module):
 
 
 @register_model
-def msat_vgg16(pretrained: bool = False, num_classes: int = 10, in_channels: int = 3, width: float = 1.0, **kwargs):
+def msat_vgg16(pretrained: bool = False, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+               activation: str = "relu", levels=None, lam_init=None, **kwargs):
     if pretrained:
         raise ValueError("msat_vgg16 has no pretrained weights; train one with train_ann.py")
-    return VGG(VGG16_CFG, num_classes=num_classes, in_channels=in_channels, width=width)
+    return VGG(VGG16_CFG, num_classes=num_classes, in_channels=in_channels, width=width,
+               act=make_activation(activation, levels, lam_init))

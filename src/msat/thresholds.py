@@ -1,0 +1,167 @@
+"""Threshold rules of the converted SNN's neurons (spec section 2): ``theta(x, d)``, the
+threshold in units of the layer scale lam, from the input ``x`` and the tracking term ``d``.
+
+``const`` (``frac``; 1 = max-norm IF), ``msat`` (DTT x DET), ``dtt``, ``det``. A new rule is
+one subclass registered with :func:`register_rule`; :mod:`msat.neurons` runs any of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+import torch
+
+HPARAM_KEYS = ("alpha", "k_a", "k_i", "C", "tau_mp", "tau_rd")
+
+# Table 2 of the paper, one row per architecture.
+TABLE2 = {
+    "vgg16": dict(alpha=0.03, k_a=1.0, k_i=1.0, C=5.0, tau_mp=1.0, tau_rd=1.0),
+    "resnet20": dict(alpha=0.3, k_a=1.0, k_i=1.0, C=5.0, tau_mp=0.5, tau_rd=0.5),
+    "resnet34": dict(alpha=1.0, k_a=1.0, k_i=1.0, C=5.0, tau_mp=0.5, tau_rd=0.5),
+}
+
+
+# ----------------------------------------------------------------- threshold rules
+THRESHOLD_RULES: dict[str, type["ThresholdRule"]] = {}
+
+
+def register_rule(name: str):
+    """Class decorator: make a :class:`ThresholdRule` available as ``method=name``."""
+
+    def deco(cls):
+        cls.name = name
+        THRESHOLD_RULES[name] = cls
+        return cls
+
+    return deco
+
+
+class ThresholdRule:
+    """The firing threshold ``theta_t`` in units of ``lam``.
+
+    ``theta(x, d)`` gives it for steps t >= 2 from this step's input ``x`` and
+    ``d = u - s/(t-1)`` (the previous residual minus the mean residual so far; only
+    computed when ``needs_mean``). Step 1 uses ``first``. ``theta`` may modify ``d`` (a
+    temporary) in place and returns a tensor, or a float for a state-free threshold.
+    """
+
+    name = "?"
+    first = 1.0
+    needs_mean = False
+    needs_input = False
+
+    @classmethod
+    def from_hparams(cls, hparams: Optional[Mapping[str, Any]]) -> "ThresholdRule":
+        return cls(**dict(hparams or {}))
+
+    def hparams(self) -> dict:
+        return {}
+
+    def theta(self, x: torch.Tensor, d: Optional[torch.Tensor]):
+        raise NotImplementedError
+
+
+@register_rule("const")
+class Const(ThresholdRule):
+    """A constant fraction of ``lam`` (``frac=1``: the classic max-norm IF neuron)."""
+
+    def __init__(self, frac: float = 1.0):
+        if not float(frac) > 0:
+            raise ValueError(f"const threshold needs frac > 0, got {frac}")
+        self.frac = self.first = float(frac)
+
+    @classmethod
+    def from_hparams(cls, hparams):
+        hp = dict(hparams or {})
+        return cls(hp.get("frac", 1.0))  # the Table 2 keys of a shared config do not apply
+
+    def hparams(self) -> dict:
+        return {"frac": self.frac}
+
+    def theta(self, x, d):
+        return self.frac
+
+
+class Adaptive(ThresholdRule):
+    """The MSAT family (spec section 2): ``sigmoid(DTT + DET)``, or one of the two terms."""
+
+    use_dtt = True
+    use_det = True
+
+    def __init__(self, alpha=None, k_a=None, k_i=None, C=None, tau_mp=None, tau_rd=None, V_T: float = -1.0,
+                 tau_rd_twice: bool = False, frac=None):
+        given = dict(alpha=alpha, k_a=k_a, k_i=k_i, C=C, tau_mp=tau_mp, tau_rd=tau_rd)
+        missing = [k for k, v in given.items() if v is None]
+        if len(missing) == len(given):
+            raise ValueError(f"method {self.name!r} needs the Table 2 hyperparameters {HPARAM_KEYS}; pass hparams= "
+                             f"(e.g. msat.TABLE2['vgg16'])")
+        if missing:
+            raise ValueError(f"method {self.name!r}: missing Table 2 hyperparameters {missing}")
+        if k_i == 0 or C == 0:
+            raise ValueError("k_i and C must be non-zero")
+        self.alpha, self.k_a, self.k_i, self.C = float(alpha), float(k_a), float(k_i), float(C)
+        self.tau_mp, self.tau_rd, self.V_T = float(tau_mp), float(tau_rd), float(V_T)
+        self.tau_rd_twice = bool(tau_rd_twice)
+        self.needs_mean, self.needs_input = self.use_dtt, self.use_det
+
+    @classmethod
+    def from_hparams(cls, hparams):
+        if hparams is None:
+            return cls()
+        unknown = set(hparams) - set(HPARAM_KEYS) - {"V_T", "tau_rd_twice", "frac"}
+        if unknown:
+            raise ValueError(f"method {cls.name!r}: unknown hyperparameters {sorted(unknown)}")
+        return cls(**dict(hparams))
+
+    def hparams(self) -> dict:
+        hp = {k: getattr(self, k) for k in HPARAM_KEYS}
+        hp.update(V_T=self.V_T, tau_rd_twice=self.tau_rd_twice)
+        return hp
+
+    def theta(self, x, d):
+        # sigmoid(DTT + DET) = 1 / (1 + exp(-DTT) * exp(-DET)), with
+        #   exp(-DTT) = exp(-tau_mp * (alpha*d + V_T)) * (1 + exp(d/k_i)) ** (-tau_mp * k_a)
+        # (Eq. 15-18): one exp fewer and no log than the literal form, the same function; the
+        # limits hold (exp overflowing to inf gives theta -> 0 or 1, never NaN).
+        e = None
+        p = None
+        if self.use_dtt:
+            e = d.mul(self.alpha).add_(self.V_T).mul_(-self.tau_mp)  # -tau_mp * (alpha*d + V_T)
+            q = torch.exp(d if self.k_i == 1.0 else d / self.k_i).add_(1.0)  # 1 + exp(d / k_i)
+            power = self.tau_mp * self.k_a
+            p = q.reciprocal_() if power == 1.0 else q.rsqrt_() if power == 0.5 else q.pow_(-power)
+        if self.use_det:
+            # DET = tau_rd * exp(-x_t / C)   (Eq. 18; tau_rd once, as the released code)
+            tau = self.tau_rd * self.tau_rd if self.tau_rd_twice else self.tau_rd
+            det = torch.exp(x / -self.C)
+            e = det.mul_(-tau) if e is None else e.sub_(det.mul_(tau))
+        en = torch.exp(e)
+        if p is not None:
+            en.mul_(p)
+        return en.add_(1.0).reciprocal_()
+
+
+@register_rule("msat")
+class MSAT(Adaptive):
+    pass
+
+
+@register_rule("dtt")
+class DTT(Adaptive):
+    use_det = False
+
+
+@register_rule("det")
+class DET(Adaptive):
+    use_dtt = False
+
+
+def make_rule(method: str, hparams: Optional[Mapping[str, Any]] = None) -> ThresholdRule:
+    if method not in THRESHOLD_RULES:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(THRESHOLD_RULES)}")
+    return THRESHOLD_RULES[method].from_hparams(hparams)
+
+
+def check_threshold_args(method: str, hparams: Optional[Mapping[str, float]]) -> dict:
+    """Validate a threshold rule and its hyperparameters; returns a clean dict."""
+    return make_rule(method, hparams).hparams()
