@@ -5,19 +5,26 @@ PYTEST := WANDB_MODE=disabled $(PYTHON) -m pytest
 DEMO_OUT ?= outputs/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full demo report lint bench clean
+.PHONY: help install test test-e2e check test-full demo report reproduce-cifar10 search-cifar10 lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-install: $(STAMP) ## install the package (pinned torch 2.14.1 / torchvision 0.29.1) and dev tools
+install: $(STAMP) ## install the package and dev tools, pinned by constraints.txt (torch 2.14.1, torchvision 0.29.1)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m pip install -q -e '.[dev]'
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m pip install -q -c constraints.txt -e '.[dev]'
 	@mkdir -p $(dir $@) && touch $@
 
-test: install ## the fast suite (what CI runs)
-	$(PYTEST) -m "not slow" -q
+test: install ## the fast tier (under 3 minutes): no subprocess runs, no training
+	$(PYTEST) -m "not slow and not e2e" -q
+
+test-e2e: install ## the end-to-end tier: the CLI as a user runs it, training, the reproduction's quick mode
+	$(PYTEST) -m "e2e and not slow" -q
+
+check: install ## what CI runs: the fast tier, then the end-to-end tier
+	$(PYTEST) -m "not slow and not e2e" -q
+	$(PYTEST) -m "e2e and not slow" -q
 
 test-full: install ## every test, the slow real-data runs included
 	$(PYTEST) -q
@@ -30,6 +37,15 @@ demo: install ## train on the bundled digits, convert, evaluate const vs MSAT at
 
 report: install ## gather results.json files under OUT (default outputs) into markdown tables
 	$(PYTHON) -m msat.report $(or $(OUT),outputs)
+
+DATA ?= ../shared/datasets/cifar10-jpeg
+CKPT ?= docs/results/cifar10/vgg16_w0.25.pt
+reproduce-cifar10: install ## CIFAR-10 results: every method on 2000 test images to T=256 (DATA=jpeg root, CKPT=checkpoint)
+	$(PYTHON) -m msat.reproduce --data $(DATA) --checkpoint $(CKPT) --out docs/results/cifar10 --runs outputs/reproduce_cifar10 \
+		$(if $(SEARCH),--search $(SEARCH))
+
+search-cifar10: install ## the fewest-steps search on held-out training images (then: make reproduce-cifar10 SEARCH=...)
+	$(PYTHON) -m msat.search --data $(DATA) --checkpoint $(CKPT) --out docs/results/cifar10
 
 bench: install ## simulation speed and memory benchmark (CPU)
 	$(PYTHON) benchmarks/simulate.py

@@ -119,8 +119,8 @@ def convert_stage(cfg: DictConfig, tr, info, settings: Optional[dict] = None, dt
     if settings["correction"]:
         correction = apply_correction(settings["correction"], ann, snn, loader, settings["correction_T"],
                                       batches_used=settings["correction_batches"])
-        log.info("%s correction for T=%d on %d images", settings["correction"], settings["correction_T"],
-                 correction["samples"])
+        log.info("%s correction for T=%d%s", settings["correction"], settings["correction_T"],
+                 f" on {correction['samples']} images" if "samples" in correction else "")
     path = artifact_path(cfg, settings)
     artifact: dict[str, Any] = {
         "format_version": FORMAT_VERSION, "kind": "conversion", "ann_checkpoint": ckpt_file, "ann_sha256": sha,

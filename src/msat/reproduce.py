@@ -1,0 +1,375 @@
+"""``python -m msat.reproduce``: the CIFAR-10 reproduction on a trained VGG16, end to end.
+
+One command (``make reproduce-cifar10``) evaluates every method of the list below with
+``evaluate.py`` on the same fixed subset of test images, to T steps, then gathers the runs
+into ``summary.json``, the paper's figures and tables, confidence intervals and paired tests
+against MSAT. ``--quick`` runs the same code path on a handful of images and steps (the test
+suite does, so the command cannot rot).
+
+Every method is one ``evaluate.py`` run (a subprocess, one thread each, ``--jobs`` at a
+time): its ``results.json`` and ``predictions.pt`` (per-image correctness at the report
+steps) stay under ``--runs``, and a rerun reuses finished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .api import convert as msat_convert
+from .checkpoint import load_ann_checkpoint, load_model, safe_load
+from .stats import holm, mcnemar, verdict, wilson_interval
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_CHECKPOINT = "docs/results/cifar10/vgg16_w0.25.pt"
+DEFAULT_DATA = "../shared/datasets/cifar10-jpeg"
+STEPS = (16, 32, 64, 128, 256)
+
+# label -> evaluate.py overrides. The first seven are the paper's Fig. 5 / Fig. 6 rows.
+METHODS: dict[str, list[str]] = {
+    "const": ["method=const"],
+    "const_0.5": ["method=const_0.5"],
+    "const_0.2": ["method=const_0.2"],
+    "dtt": ["method=dtt"],
+    "det": ["method=det"],
+    "msat": ["method=msat"],
+    "msat_sc": ["method=msat_sc"],
+    "burst": ["method=burst"],
+    # beyond the paper: membrane starting at lam/2, a 99.9th-percentile lam, and both
+    "const_v0.5": ["method=const", "method.v_init=0.5"],
+    "msat_v0.5": ["method=msat", "method.v_init=0.5"],
+    "const_p99.9": ["method=const", "calibration.percentile=0.999"],
+    "msat_p99.9": ["method=msat", "calibration.percentile=0.999"],
+    "const_v0.5_p99.9": ["method=const", "method.v_init=0.5", "calibration.percentile=0.999"],
+    "msat_v0.5_p99.9": ["method=msat", "method.v_init=0.5", "calibration.percentile=0.999"],
+    # the comparison methods of the paper's Tables 3 and 4, on the same ReLU ANN
+    "rts": ["method=rts"],
+    "calibration_light": ["method=calibration_light"],
+    "calibration_advanced": ["method=calibration_advanced"],
+    "ltb": ["method=ltb"],
+}
+SIN_LABELS = ("const", "msat", "msat_sc")  # SIN over the test set: Fig. 2 and Table 7
+FIG5 = ("const", "const_0.5", "const_0.2", "dtt", "det", "msat")
+PAPER_TABLE4 = {  # paper Table 4, VGG16 / CIFAR-10 (ANN 95.45 / 95.72 / 92.37)
+    "MSAT": {"16": 73.42, "32": 93.87, "64": 95.20, "128": 95.44, "256": 95.50},
+    "Calibration": {"32": 93.71, "64": 95.14, "128": 95.65, "256": 95.79},
+    "DTIF": {"16": 71.10, "32": 86.37, "64": 90.61, "128": 91.56, "256": 91.89},
+}
+
+
+def check_data(root: Path) -> None:
+    """The JPEG tree root/{train,test}/<class>/, or an error that says where it is expected."""
+    missing = [s for s in ("train", "test") if not (root / s).is_dir()]
+    if missing:
+        raise SystemExit(
+            f"CIFAR-10 JPEG folder not found: expected {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg "
+            f"(missing: {', '.join(missing)}). Point at it with DATA=/path/to/cifar10-jpeg (make reproduce-cifar10) "
+            "or --data /path/to/cifar10-jpeg (python -m msat.reproduce)"
+        )
+
+
+def run_overrides(args, spec: dict, label: str) -> list[str]:
+    common = [
+        "dataset=cifar10", f"dataset.root={args.data}", "dataset.format=imagefolder", "dataset.num_workers=0",
+        f"model={spec['name']}", f"model.width={spec['width']}", f"calibration.checkpoint={args.checkpoint}",
+        f"paths.root={args.runs}", f"eval.T={args.T}", f"eval.max_samples={args.n_images}", "eval.subset_seed=0",
+        "eval.save_predictions=true", f"eval.sin={str(label in SIN_LABELS).lower()}", "eval.plots=true",
+        f"sin.enabled={str(label == 'msat_sc').lower()}", f"sin.T={args.T}", "progress=false",
+        f"hydra.run.dir={args.runs}/eval/{label}", f"+tags=[reproduce_cifar10,{label}]",
+    ]
+    if args.quick:
+        # one calibration batch of 128 (calibration_advanced needs 128 images), few of everything else
+        common += ["calibration.num_batches=1", "calibration.batch_size=128", "calibration.passes=2",
+                   f"sin.batch_size={args.n_images}", f"eval.batch_size={args.n_images}",
+                   "dataset.max_train_samples=256", "method.sc.early_steps=2"]
+    return common + METHODS[label]
+
+
+def run_one(args, spec: dict, label: str) -> tuple[str, float, Optional[str]]:
+    out = Path(args.runs) / "eval" / label
+    if (out / "results.json").exists() and (out / "predictions.pt").exists() and not args.force:
+        return label, 0.0, None
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(REPO / "evaluate.py"), *run_overrides(args, spec, label)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env.setdefault("WANDB_MODE", "disabled" if args.quick else "offline")
+    t0 = time.time()
+    with open(out / "evaluate.log", "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    err = None if rc == 0 else f"exit status {rc}; see {out / 'evaluate.log'}"
+    return label, time.time() - t0, err
+
+
+NORMALIZATION = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}  # conf/dataset/cifar10.yaml
+
+
+def cifar10_splits(data: Path, test_limit: Optional[int] = None, train_limit: Optional[int] = None):
+    """The JPEG tree as evaluate.py reads it (conf/dataset/cifar10.yaml, test transforms)."""
+    from .data import build_splits
+
+    cfg = {"name": "cifar10", "root": str(data), "format": "imagefolder", "image_size": 32, "num_classes": 10,
+           "in_channels": 3, "mean": list(NORMALIZATION["mean"]), "std": list(NORMALIZATION["std"]),
+           "augment": {"crop_padding": 4, "flip": True, "autoaugment": False, "cutout": 0}, "download": False,
+           "max_train_samples": train_limit, "max_test_samples": test_limit, "num_workers": 0}
+    return build_splits(cfg)
+
+
+def ann_full_accuracy(checkpoint: Path, data: Path, limit: Optional[int]) -> tuple[float, int]:
+    """The ANN's accuracy on every JPEG test image (``limit`` of them in quick mode)."""
+    splits = cifar10_splits(data, test_limit=limit, train_limit=16)
+    model = load_model(checkpoint)
+    loader = torch.utils.data.DataLoader(splits.test, batch_size=500)
+    correct = n = 0
+    with torch.no_grad():
+        for x, y in loader:
+            correct += int((model(x).argmax(1) == y).sum())
+            n += len(y)
+    return 100.0 * correct / n, n
+
+
+def search_methods(path: Optional[str]) -> dict[str, list[str]]:
+    """``search_T<t>``: the best candidate at t of a ``python -m msat.search`` run."""
+    if not path:
+        return {}
+    found = json.loads(Path(path).read_text())
+    return {f"search_T{t}": b["overrides"] for t, b in found["best"].items()}
+
+
+def gather(runs: Path, labels: Sequence[str]) -> dict[str, dict]:
+    found = {}
+    for label in labels:
+        d = runs / "eval" / label
+        if (d / "results.json").exists() and (d / "predictions.pt").exists():
+            res = json.loads((d / "results.json").read_text())
+            pred = safe_load(d / "predictions.pt", "predictions file")
+            found[label] = {"res": res, "steps": list(pred["steps"]), "correct": pred["correct"]}
+    return found
+
+
+def paired_tests(found: dict[str, dict], ref: str = "msat") -> dict:
+    """McNemar's exact test of every method against ``ref`` at every report step, with Holm's
+    adjustment over the whole family (every method and step)."""
+    if ref not in found:
+        return {}
+    tests = {}
+    base = found[ref]
+    for label, r in found.items():
+        if label == ref:
+            continue
+        tests[label] = {}
+        for j, t in enumerate(r["steps"]):
+            if t in base["steps"]:
+                jb = base["steps"].index(t)
+                tests[label][str(t)] = mcnemar(r["correct"][:, j], base["correct"][:, jb])
+    flat = [(lab, t) for lab in tests for t in tests[lab]]
+    for (lab, t), p_adj in zip(flat, holm([tests[lab][t]["p"] for lab, t in flat])):
+        tests[lab][t]["p_holm"] = p_adj
+        tests[lab][t]["verdict"] = verdict({**tests[lab][t], "p": p_adj}, lab, ref)
+    return tests
+
+
+def summarize_runs(args, spec: dict, ckpt: dict, found: dict[str, dict], ann_acc: float, n_full: int) -> dict:
+    curves = {}
+    for label, r in found.items():
+        res, n = r["res"], r["res"]["n_samples"]
+        ci = {str(t): list(wilson_interval(res["acc"][t - 1] * n / 100.0, n)) for t in r["steps"]}
+        curves[label] = {"acc": res["acc"], "n_images": n, "ci95": ci}
+    try:
+        ckpt_rel = str(Path(args.checkpoint).resolve().relative_to(REPO))
+    except ValueError:
+        ckpt_rel = str(args.checkpoint)
+    any_res = next(iter(found.values()))["res"] if found else {}
+    return {
+        "ann": {"checkpoint": ckpt_rel, "model": spec["name"], "width": spec["width"],
+                "epochs": int(ckpt.get("epoch", 0)) + int(ckpt.get("init_epochs", 0)),
+                "ann_acc_full": ann_acc, "normalization": NORMALIZATION},
+        "curves": curves,
+        "hardware": any_res.get("hardware", ""),
+        "commit": any_res.get("commit", ""),
+    }
+
+
+def _row(values: dict, steps) -> str:
+    return " | ".join("-" if values.get(str(t)) is None else f"{values[str(t)]:.2f}" for t in steps)
+
+
+def tables(summary: dict, found: dict, tests: dict, steps) -> str:
+    """The markdown tables: accuracy with 95% CIs, paired tests, Table 4, Table 7, Table 8."""
+    n = {lab: c["n_images"] for lab, c in summary["curves"].items()}
+    lines = [f"ANN: {summary['ann']['ann_acc_full']:.2f}% on all test images.", "",
+             "## Accuracy (%) after t steps, with 95% Wilson intervals", "",
+             "| method | n | " + " | ".join(f"T={t}" for t in steps) + " |", "|---|---|" + "---|" * len(steps)]
+    for lab, c in summary["curves"].items():
+        cells = [f"{c['acc'][t - 1]:.2f} [{c['ci95'][str(t)][0]:.1f}, {c['ci95'][str(t)][1]:.1f}]"
+                 if str(t) in c["ci95"] else "-" for t in steps]
+        lines.append(f"| {lab} | {n[lab]} | " + " | ".join(cells) + " |")
+    if tests:
+        lines += ["", "## Paired tests against MSAT (McNemar exact; p adjusted by Holm over every method and step)", "",
+                  "| method | " + " | ".join(f"T={t}" for t in steps) + " |", "|---|" + "---|" * len(steps)]
+        for lab, per in tests.items():
+            cells = [f"{per[str(t)]['diff']:+.2f} (p={per[str(t)]['p_holm']:.2g})" if str(t) in per else "-"
+                     for t in steps]
+            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        lines += ["", "Cells: accuracy of the method minus MSAT's, in points, on the same images."]
+    lines += ["", "## Table 4 layout (VGG16 / CIFAR-10): paper beside ours", "",
+              "| row | ANN | " + " | ".join(f"T={t}" for t in STEPS) + " |", "|---|---|" + "---|" * len(STEPS)]
+    paper_ann = {"MSAT": 95.45, "Calibration": 95.72, "DTIF": 92.37}
+    for name, accs in PAPER_TABLE4.items():
+        lines.append(f"| paper: {name} | {paper_ann[name]:.2f} | {_row(accs, STEPS)} |")
+    for lab, name in (("msat_sc", "ours: MSAT (+SC)"), ("msat", "ours: MSAT"), ("calibration_light", "ours: Calibration (light)"),
+                      ("calibration_advanced", "ours: Calibration (advanced)")):
+        if lab in summary["curves"]:
+            acc = summary["curves"][lab]["acc"]
+            vals = {str(t): acc[t - 1] for t in STEPS if t <= len(acc)}
+            lines.append(f"| {name} | {summary['ann']['ann_acc_full']:.2f} | {_row(vals, STEPS)} |")
+    sin_rows = [(lab, found[lab]["res"]) for lab in ("msat", "msat_sc", "const") if lab in found and "sin" in found[lab]["res"]]
+    if sin_rows:
+        lines += ["", "## Table 7 layout: ANS (last spiking layer) and accuracy at T=32, with and without SC", "",
+                  "| method | ANS | acc T=32 |", "|---|---|---|"]
+        for lab, res in sin_rows:
+            a32 = res["acc"][31] if len(res["acc"]) >= 32 else float("nan")
+            lines.append(f"| {lab} | {res['sin']['ans_last']:.4f} | {a32:.2f} |")
+    energy = [(lab, r["res"]["energy"]) for lab, r in found.items() if "energy" in r["res"]]
+    if energy:
+        lines += ["", "## Table 8 layout: energy ratio SNN / ANN at T (on CIFAR-10; the paper's is CIFAR-100)", "",
+                  "| method | energy ratio | firing rate (mean over layers) |", "|---|---|---|"]
+        for lab, e in energy:
+            lines.append(f"| {lab} | {e['energy_ratio']:.4f} | {found[lab]['res'].get('firing_rate_mean', float('nan')):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def figures(out: Path, summary: dict, found: dict) -> list[Path]:
+    from .tracking import plot_bars, plot_curves
+
+    ann, paths = summary["ann"]["ann_acc_full"], []
+    curves = summary["curves"]
+    fig5 = {lab: curves[lab]["acc"] for lab in FIG5 if lab in curves}
+    if fig5:
+        paths.append(plot_curves(out / "fig5_thresholds.png", fig5, "Fig. 5: threshold rules (VGG16 / CIFAR-10)",
+                                 hline=ann, logx=True))
+    fig6 = {lab: curves[lab]["acc"] for lab in ("msat", "msat_sc") if lab in curves}
+    if fig6:
+        paths.append(plot_curves(out / "fig6_spike_confidence.png", fig6, "Fig. 6: MSAT with and without SC",
+                                 hline=ann, logx=True))
+    others = {lab: c["acc"] for lab, c in curves.items() if lab not in FIG5 and lab != "msat_sc"}
+    if others:
+        paths.append(plot_curves(out / "levers_and_baselines.png", {"msat": curves.get("msat", {}).get("acc", []), **others},
+                                 "other methods beside MSAT", hline=ann, logx=True))
+    if "msat" in found and "sin" in found["msat"]["res"]:
+        ratio = found["msat"]["res"]["sin"]["ratio"]
+        paths.append(plot_curves(out / "fig2_sin_ratio.png", {f"layer {i + 1}": r for i, r in enumerate(ratio)},
+                                 "Fig. 2: SIN ratio per layer (MSAT, test images)", ylabel="SIN ratio", logx=True))
+    if "msat" in found and "firing_rate" in found["msat"]["res"]:
+        res = found["msat"]["res"]
+        paths.append(plot_bars(out / "fig7_firing_rate.png", [f"{i + 1}" for i in range(len(res["firing_rate"]))],
+                               res["firing_rate"], "Fig. 7: firing rate per layer (MSAT)", "spikes / neuron / step"))
+    return paths
+
+
+def diagnostics(args, found: dict, out: Path, n: int = 256) -> dict:
+    """The per-layer error split (msat.layer_errors) of MSAT and const on the first ``n``
+    images of the test subset, with the lam of their evaluate.py runs."""
+    from .data import subset
+    from .diagnostics import layer_errors
+    from .neurons import TABLE2
+    from .tracking import plot_error_maps
+
+    model = load_model(args.checkpoint)
+    splits = cifar10_splits(Path(args.data), test_limit=args.n_images if args.quick else None, train_limit=16)
+    test = subset(splits.test, args.n_images, seed=0)
+    xs = torch.stack([test[i][0] for i in range(min(n, len(test)))])
+    res = {}
+    for label, rule in (("msat", "msat"), ("const", "const")):
+        if label not in found:
+            continue
+        art = safe_load(found[label]["res"]["artifact"], "conversion artifact")
+        snn = msat_convert(model, [], method=rule, hparams=TABLE2["vgg16"] if rule == "msat" else None,
+                           lam=[v.float() for v in art["lam"]])
+        e = layer_errors(model, snn, [xs[i:i + 128] for i in range(0, len(xs), 128)], T=args.T)
+        diag = {"names": e["names"], "a_norm": e["a_norm"], **{k: [c.tolist() for c in e[k]] for k in ("rel_l2", "qc", "sin")}}
+        plot_error_maps(out / f"diagnostics_{label}", diag, f"VGG16 / CIFAR-10, {label}")
+        res[label] = {**diag, "n_images": len(xs)}
+    return res
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m msat.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a train_ann.py checkpoint (VGG16 / CIFAR-10)")
+    p.add_argument("--data", default=os.environ.get("MSAT_CIFAR10_JPEG", DEFAULT_DATA), help="root of {train,test}/<class>/")
+    p.add_argument("--out", default="docs/results/cifar10", help="summary.json, tables and figures")
+    p.add_argument("--runs", default="outputs/reproduce_cifar10", help="the evaluate.py runs")
+    p.add_argument("--n-images", type=int, default=2000, help="fixed test subset (eval.subset_seed=0)")
+    p.add_argument("--T", type=int, default=256)
+    p.add_argument("--methods", default="all", help="comma-separated labels (default: all): " + ", ".join(METHODS))
+    p.add_argument("--jobs", type=int, default=2, help="evaluate.py runs at a time")
+    p.add_argument("--threads", type=int, default=1, help="threads per run")
+    p.add_argument("--quick", action="store_true", help="the same code path on 8 images and 8 steps")
+    p.add_argument("--force", action="store_true", help="rerun finished runs")
+    p.add_argument("--search", default=None, help="search.json of python -m msat.search: evaluate its best candidates")
+    p.add_argument("--no-diagnostics", action="store_true", help="skip the per-layer error split (MSAT, const)")
+    p.add_argument("--skip-runs", action="store_true", help="only gather the finished runs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_images, args.T = min(args.n_images, 8), min(args.T, 8)
+    METHODS.update(search_methods(args.search))
+    labels = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in labels if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method label(s) {unknown}; choose from {', '.join(METHODS)}")
+    if args.n_images < 1 or args.T < 1:
+        raise SystemExit(f"--n-images and --T must be >= 1 (got {args.n_images}, {args.T})")
+    args.data = str(Path(args.data).resolve())
+    args.checkpoint = str(Path(args.checkpoint).resolve())
+    args.runs = str(Path(args.runs).resolve())
+    check_data(Path(args.data))
+    ckpt = load_ann_checkpoint(args.checkpoint, None, kind="ann")  # a clear error for a missing or foreign file
+    spec = ckpt["model_spec"]
+    if spec["num_classes"] != 10 or spec["in_channels"] != 3:
+        raise SystemExit(f"{args.checkpoint} is a {spec['num_classes']}-class, {spec['in_channels']}-channel model, "
+                         "not a CIFAR-10 one")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.skip_runs:
+        t0 = time.time()
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for label, secs, err in pool.map(lambda lab: run_one(args, spec, lab), labels):
+                status = f"FAILED ({err})" if err else ("reused" if secs == 0 else f"{secs:.0f} s")
+                print(f"[reproduce] {label:22s} {status}", flush=True)
+        print(f"[reproduce] runs took {time.time() - t0:.0f} s", flush=True)
+    found = gather(Path(args.runs), labels)
+    missing = [lab for lab in labels if lab not in found]
+    ann_acc, n_full = ann_full_accuracy(Path(args.checkpoint), Path(args.data), args.n_images if args.quick else None)
+    summary = summarize_runs(args, spec, ckpt, found, ann_acc, n_full)
+    steps = [t for t in STEPS if t <= args.T] or [args.T]
+    tests = paired_tests(found)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    details = {"n_test_images_ann": n_full, "subset_seed": 0, "T": args.T, "paired_tests_vs_msat": tests,
+               "methods": {lab: METHODS[lab] for lab in found},
+               "per_method": {lab: {k: r["res"].get(k) for k in ("ann_acc", "firing_rate", "firing_rate_mean", "energy",
+                                                                 "sin", "readout_start", "compiled", "command", "artifact")}
+                              for lab, r in found.items()}}
+    if not args.no_diagnostics:
+        details["diagnostics"] = diagnostics(args, found, out)
+    (out / "details.json").write_text(json.dumps(details, indent=1))
+    (out / "tables.md").write_text(tables(summary, found, tests, steps))
+    figures(out, summary, found)
+    print(f"[reproduce] ANN {ann_acc:.2f}% on {n_full} test images; {len(found)} methods gathered into {out}/", flush=True)
+    if missing:
+        print(f"[reproduce] missing or failed: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""`make reproduce-cifar10` (python -m msat.reproduce): its quick mode end to end on a fake
+JPEG tree, its statistics, and its errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, cli
+from msat.stats import holm
+
+
+def _fake_cifar_tree(root, per_class=(14, 2)):  # 140 training images: one calibration batch of 128
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split, n in zip(("train", "test"), per_class):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                base = torch.full((32, 32, 3), 20.0 * c)
+                img = (base + 60 * torch.rand(32, 32, 3, generator=g)).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(img.numpy()).save(d / f"{i}.jpg")
+    return root
+
+
+def test_holm_adjustment():
+    adj = holm([0.01, 0.04, 0.03, 0.5])
+    # sorted: 0.01*4=0.04, 0.03*3=0.09, 0.04*2=0.08 -> monotone 0.09, 0.5*1=0.5
+    torch.testing.assert_close(torch.tensor(adj), torch.tensor([0.04, 0.09, 0.09, 0.5]), rtol=1e-12, atol=0)
+
+
+def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
+    from msat.search import candidate_overrides, parse_levers, rank
+
+    grid = parse_levers(["threshold=msat", "percentile=0.999,1.0"])
+    assert grid["threshold"] == ["msat"] and grid["percentile"] == [0.999, 1.0]
+    with pytest.raises(SystemExit, match="unknown value"):
+        parse_levers(["extra=magic"])
+    rs = [{"name": "a", "acc": [0.0] * 15 + [50.0] + [0.0] * 48}, {"name": "b", "acc": [0.0] * 15 + [60.0] + [0.0] * 48}]
+    assert [r["name"] for r in rank(rs, 64)["16"]] == ["b", "a"]
+    o = candidate_overrides({"threshold": "msat", "percentile": 0.999, "v_init": 0.5, "extra": "light"})
+    assert o == ["method=msat", "calibration.percentile=0.999", "method.v_init=0.5", "method.correction=light",
+                 "method.correction_T=32"]
+
+
+def test_missing_jpeg_folder_says_where_and_how(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "msat.reproduce", "--data", str(tmp_path / "nowhere"), "--quick"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0
+    assert "CIFAR-10 JPEG folder not found" in r.stderr and "DATA=" in r.stderr and "--data" in r.stderr
+
+
+@pytest.mark.e2e
+def test_quick_mode_end_to_end(tmp_path):
+    data = _fake_cifar_tree(tmp_path / "jpeg")
+    r = cli("train_ann.py", "dataset=cifar10", f"dataset.root={data}", "model=vgg16", "model.width=0.0625",
+            "train.epochs=1", "train.batch_size=16", "dataset.num_workers=0", "dataset.augment.autoaugment=false",
+            f"paths.root={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = tmp_path / "checkpoints/cifar10/vgg16_w0.0625_s0/last.pt"
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    # the fewest-steps search scores on held-out training images, then the reproduction runs its best
+    search = [sys.executable, "-m", "msat.search", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
+              "--out", str(out), "--levers", "percentile=1.0", "extra=none,light"]
+    r = subprocess.run(search, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    found = json.loads((out / "search.json").read_text())
+    assert len(found["candidates"]) == 2 * 1 * 2 * 2 and set(found["best"]) == {"8"}  # T=8 < 16: ranked at T
+    cmd = [sys.executable, "-m", "msat.reproduce", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
+           "--out", str(out), "--runs", str(runs), "--jobs", "2", "--search", str(out / "search.json")]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s = json.loads((out / "summary.json").read_text())
+    assert set(s) == {"ann", "curves", "hardware", "commit"}
+    assert set(s["ann"]) == {"checkpoint", "model", "width", "epochs", "ann_acc_full", "normalization"}
+    assert s["ann"]["model"] == "vgg16" and s["ann"]["width"] == 0.0625 and s["ann"]["epochs"] == 1
+    assert 0.0 <= s["ann"]["ann_acc_full"] <= 100.0
+    for label in ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc", "burst", "rts",
+                  "calibration_light", "calibration_advanced", "ltb", "msat_v0.5_p99.9", "search_T8"):
+        c = s["curves"][label]
+        assert len(c["acc"]) == 8 and c["n_images"] == 8
+        lo, hi = c["ci95"]["8"]
+        assert lo <= c["acc"][7] <= hi
+    details = json.loads((out / "details.json").read_text())
+    assert "8" in details["paired_tests_vs_msat"]["const"]
+    tables = (out / "tables.md").read_text()
+    assert "Table 4" in tables and "paper: MSAT" in tables and "Paired tests" in tables
+    assert len(details["diagnostics"]["msat"]["rel_l2"][0]) == 8
+    for png in ("diagnostics_msat/layer_errors.png", "fig5_thresholds.png", "fig6_spike_confidence.png", "fig2_sin_ratio.png", "fig7_firing_rate.png"):
+        assert (out / png).stat().st_size > 0
+    # a rerun reuses the finished runs
+    r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r2.returncode == 0 and "reused" in r2.stdout
