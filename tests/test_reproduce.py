@@ -48,6 +48,16 @@ def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
                  "method.correction_T=32"]
 
 
+def test_a_smaller_subset_sits_inside_the_larger_one():
+    from msat.data import subset
+    from msat.reproduce import subset_positions
+
+    ds = list(range(100))
+    small, large = subset(ds, 10, seed=0), subset(ds, 40, seed=0)
+    pos = subset_positions(100, 10, 40)
+    assert [large[i] for i in pos] == [small[i] for i in range(10)]
+
+
 def test_missing_jpeg_folder_says_where_and_how(tmp_path):
     r = subprocess.run([sys.executable, "-m", "msat.reproduce", "--data", str(tmp_path / "nowhere"), "--quick"],
                        capture_output=True, text=True, cwd=tmp_path)
@@ -72,7 +82,7 @@ def test_quick_mode_end_to_end(tmp_path):
     found = json.loads((out / "search.json").read_text())
     assert len(found["candidates"]) == 2 * 1 * 2 * 2 and set(found["best"]) == {"8"}  # T=8 < 16: ranked at T
     cmd = [sys.executable, "-m", "msat.reproduce", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
-           "--out", str(out), "--runs", str(runs), "--jobs", "2", "--search", str(out / "search.json")]
+           "--out", str(out), "--runs", str(runs), "--jobs", "2", "--other-images", "6", "--search", str(out / "search.json")]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -83,7 +93,8 @@ def test_quick_mode_end_to_end(tmp_path):
     for label in ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc", "burst", "rts",
                   "calibration_light", "calibration_advanced", "ltb", "msat_v0.5_p99.9", "search_T8"):
         c = s["curves"][label]
-        assert len(c["acc"]) == 8 and c["n_images"] == 8
+        assert len(c["acc"]) == 8 and c["n_images"] == (8 if label in ("const", "const_0.5", "const_0.2", "dtt", "det",
+                                                                         "msat", "msat_sc") else 6)
         lo, hi = c["ci95"]["8"]
         assert lo <= c["acc"][7] <= hi
     details = json.loads((out / "details.json").read_text())

@@ -57,6 +57,7 @@ METHODS: dict[str, list[str]] = {
     "calibration_advanced": ["method=calibration_advanced"],
     "ltb": ["method=ltb"],
 }
+PRIMARY = ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc")  # always on --n-images
 SIN_LABELS = ("const", "msat", "msat_sc")  # SIN over the test set: Fig. 2 and Table 7
 FIG5 = ("const", "const_0.5", "const_0.2", "dtt", "det", "msat")
 PAPER_TABLE4 = {  # paper Table 4, VGG16 / CIFAR-10 (ANN 95.45 / 95.72 / 92.37)
@@ -77,11 +78,28 @@ def check_data(root: Path) -> None:
         )
 
 
+def images_for(args, label: str) -> int:
+    """--n-images for the Fig. 5 / Fig. 6 rows; the others may run on a smaller subset
+    (--other-images), which is a subset of the larger one (the same seeded permutation)."""
+    if label in PRIMARY or not args.other_images:
+        return args.n_images
+    return min(args.n_images, args.other_images)
+
+
+def subset_positions(n_total: int, n_small: int, n_large: int, seed: int = 0) -> list[int]:
+    """Where the images of the n_small subset sit in the n_large one (data.subset's order)."""
+    perm = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    small = perm[:min(n_small, n_total)].sort().values.tolist()
+    large = perm[:min(n_large, n_total)].sort().values.tolist()
+    where = {v: i for i, v in enumerate(large)}
+    return [where[v] for v in small]
+
+
 def run_overrides(args, spec: dict, label: str) -> list[str]:
     common = [
         "dataset=cifar10", f"dataset.root={args.data}", "dataset.format=imagefolder", "dataset.num_workers=0",
         f"model={spec['name']}", f"model.width={spec['width']}", f"calibration.checkpoint={args.checkpoint}",
-        f"paths.root={args.runs}", f"eval.T={args.T}", f"eval.max_samples={args.n_images}", "eval.subset_seed=0",
+        f"paths.root={args.runs}", f"eval.T={args.T}", f"eval.max_samples={images_for(args, label)}", "eval.subset_seed=0",
         "eval.save_predictions=true", f"eval.sin={str(label in SIN_LABELS).lower()}", "eval.plots=true",
         f"sin.enabled={str(label == 'msat_sc').lower()}", f"sin.T={args.T}", "progress=false",
         f"hydra.run.dir={args.runs}/eval/{label}", f"+tags=[reproduce_cifar10,{label}]",
@@ -157,21 +175,28 @@ def gather(runs: Path, labels: Sequence[str]) -> dict[str, dict]:
     return found
 
 
-def paired_tests(found: dict[str, dict], ref: str = "msat") -> dict:
-    """McNemar's exact test of every method against ``ref`` at every report step, with Holm's
-    adjustment over the whole family (every method and step)."""
+def paired_tests(found: dict[str, dict], n_total: int, ref: str = "msat") -> dict:
+    """McNemar's exact test of every method against ``ref`` at every report step, on the
+    images both saw, with Holm's adjustment over the whole family (every method and step)."""
     if ref not in found:
         return {}
     tests = {}
     base = found[ref]
+    nb = int(base["res"]["n_samples"])
     for label, r in found.items():
         if label == ref:
             continue
+        n = int(r["res"]["n_samples"])
+        a, b = r["correct"], base["correct"]
+        if n < nb:
+            b = b[subset_positions(n_total, n, nb)]
+        elif n > nb:
+            a = a[subset_positions(n_total, nb, n)]
         tests[label] = {}
         for j, t in enumerate(r["steps"]):
             if t in base["steps"]:
                 jb = base["steps"].index(t)
-                tests[label][str(t)] = mcnemar(r["correct"][:, j], base["correct"][:, jb])
+                tests[label][str(t)] = mcnemar(a[:, j], b[:, jb])
     flat = [(lab, t) for lab in tests for t in tests[lab]]
     for (lab, t), p_adj in zip(flat, holm([tests[lab][t]["p"] for lab, t in flat])):
         tests[lab][t]["p_holm"] = p_adj
@@ -221,7 +246,8 @@ def tables(summary: dict, found: dict, tests: dict, steps) -> str:
             cells = [f"{per[str(t)]['diff']:+.2f} (p={per[str(t)]['p_holm']:.2g})" if str(t) in per else "-"
                      for t in steps]
             lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-        lines += ["", "Cells: accuracy of the method minus MSAT's, in points, on the same images."]
+        lines += ["", "Cells: accuracy of the method minus MSAT's, in points, on the images both saw (the smaller "
+                  "subset where the two differ)."]
     lines += ["", "## Table 4 layout (VGG16 / CIFAR-10): paper beside ours", "",
               "| row | ANN | " + " | ".join(f"T={t}" for t in STEPS) + " |", "|---|---|" + "---|" * len(STEPS)]
     paper_ann = {"MSAT": 95.45, "Calibration": 95.72, "DTIF": 92.37}
@@ -277,7 +303,7 @@ def figures(out: Path, summary: dict, found: dict) -> list[Path]:
     return paths
 
 
-def diagnostics(args, found: dict, out: Path, n: int = 256) -> dict:
+def diagnostics(args, found: dict, out: Path, n: int = 128) -> dict:
     """The per-layer error split (msat.layer_errors) of MSAT and const on the first ``n``
     images of the test subset, with the lam of their evaluate.py runs."""
     from .data import subset
@@ -310,6 +336,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default="docs/results/cifar10", help="summary.json, tables and figures")
     p.add_argument("--runs", default="outputs/reproduce_cifar10", help="the evaluate.py runs")
     p.add_argument("--n-images", type=int, default=2000, help="fixed test subset (eval.subset_seed=0)")
+    p.add_argument("--other-images", type=int, default=None,
+                   help="images for the methods beyond Fig. 5/6 (a subset of --n-images; default: the same)")
     p.add_argument("--T", type=int, default=256)
     p.add_argument("--methods", default="all", help="comma-separated labels (default: all): " + ", ".join(METHODS))
     p.add_argument("--jobs", type=int, default=2, help="evaluate.py runs at a time")
@@ -352,7 +380,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ann_acc, n_full = ann_full_accuracy(Path(args.checkpoint), Path(args.data), args.n_images if args.quick else None)
     summary = summarize_runs(args, spec, ckpt, found, ann_acc, n_full)
     steps = [t for t in STEPS if t <= args.T] or [args.T]
-    tests = paired_tests(found)
+    tests = paired_tests(found, len(cifar10_splits(Path(args.data), train_limit=16).test))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     details = {"n_test_images_ann": n_full, "subset_seed": 0, "T": args.T, "paired_tests_vs_msat": tests,
                "methods": {lab: METHODS[lab] for lab in found},
