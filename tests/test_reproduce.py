@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, cli
-from msat.stats import holm
+from msat.stats import holm, wilson_interval
 
 
 def _fake_cifar_tree(root, per_class=(14, 2)):  # 140 training images: one calibration batch of 128
@@ -34,6 +34,22 @@ def test_holm_adjustment():
     torch.testing.assert_close(torch.tensor(adj), torch.tensor([0.04, 0.09, 0.09, 0.5]), rtol=1e-12, atol=0)
 
 
+def test_wilson_interval_edges_and_known_value():
+    # every image wrong or every image right: the bound at that end is exactly 0 or 100, not a rounding residue
+    for n in (1, 6, 8, 2000):
+        lo, hi = wilson_interval(0, n)
+        assert lo == 0.0 and 0.0 < hi < 100.0
+        lo, hi = wilson_interval(n, n)
+        assert hi == 100.0 and 0.0 < lo < 100.0
+    # 50 of 100: centre 0.5, half-width z*sqrt(0.25/100 + z^2/40000)/(1 + z^2/100)
+    z = 1.959963984540054
+    half = z * (0.25 / 100 + z * z / 40000) ** 0.5 / (1 + z * z / 100)
+    torch.testing.assert_close(torch.tensor(wilson_interval(50, 100), dtype=torch.float64),
+                               torch.tensor([100 * (0.5 - half), 100 * (0.5 + half)], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
 def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
     from msat.search import candidate_overrides, parse_levers, rank
 
@@ -46,6 +62,20 @@ def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
     o = candidate_overrides({"threshold": "msat", "percentile": 0.999, "v_init": 0.5, "extra": "light"})
     assert o == ["method=msat", "calibration.percentile=0.999", "method.v_init=0.5", "method.correction=light",
                  "method.correction_T=32"]
+    o = candidate_overrides({"threshold": "const", "percentile": 1.0, "v_init": 0.5, "extra": "none", "balancing": "ltb"})
+    assert o == ["method=const", "calibration.percentile=1.0", "method.v_init=0.5", "calibration.balancing=ltb",
+                 "calibration.passes=20"]
+
+
+def test_search_grid_leaves_out_ltb_with_a_percentile():
+    from msat.search import candidate_name, candidates, parse_levers
+
+    grid = parse_levers(["threshold=msat", "v_init=0.0", "extra=none", "percentile=1.0,0.999", "balancing=max,ltb"])
+    names = sorted(candidate_name(c) for c in candidates(grid))
+    # (max, 1.0), (max, 0.999), (ltb, 1.0); LTB picks its own thresholds, so (ltb, 0.999) is not a candidate
+    assert names == ["msat_p0.999_v0.0_none", "msat_p1.0_v0.0_none", "msat_p1.0_v0.0_none_ltb"]
+    with pytest.raises(SystemExit, match="unknown value"):
+        parse_levers(["balancing=mean"])
 
 
 def test_a_smaller_subset_sits_inside_the_larger_one():
@@ -76,11 +106,11 @@ def test_quick_mode_end_to_end(tmp_path):
     out, runs = tmp_path / "results", tmp_path / "runs"
     # the fewest-steps search scores on held-out training images, then the reproduction runs its best
     search = [sys.executable, "-m", "msat.search", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
-              "--out", str(out), "--levers", "percentile=1.0", "extra=none,light"]
+              "--out", str(out), "--levers", "percentile=1.0", "extra=none,light", "balancing=max,ltb"]
     r = subprocess.run(search, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     found = json.loads((out / "search.json").read_text())
-    assert len(found["candidates"]) == 2 * 1 * 2 * 2 and set(found["best"]) == {"8"}  # T=8 < 16: ranked at T
+    assert len(found["candidates"]) == 2 * 1 * 2 * 2 * 2 and set(found["best"]) == {"8"}  # T=8 < 16: ranked at T
     cmd = [sys.executable, "-m", "msat.reproduce", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
            "--out", str(out), "--runs", str(runs), "--jobs", "2", "--other-images", "6", "--search", str(out / "search.json")]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1500)

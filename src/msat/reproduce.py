@@ -56,6 +56,10 @@ METHODS: dict[str, list[str]] = {
     "calibration_light": ["method=calibration_light"],
     "calibration_advanced": ["method=calibration_advanced"],
     "ltb": ["method=ltb"],
+    # LTB's delayed readout, and MSAT on LTB's thresholds (membrane at lam/2, as LTB), with and without it
+    "ltb_delayed": ["method=ltb", "eval.readout_start=auto"],
+    "msat_ltb": ["method=msat", "calibration.balancing=ltb"],
+    "msat_ltb_delayed": ["method=msat", "calibration.balancing=ltb", "eval.readout_start=auto"],
 }
 PRIMARY = ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc")  # always on --n-images
 SIN_LABELS = ("const", "msat", "msat_sc")  # SIN over the test set: Fig. 2 and Table 7
@@ -208,7 +212,7 @@ def summarize_runs(args, spec: dict, ckpt: dict, found: dict[str, dict], ann_acc
     curves = {}
     for label, r in found.items():
         res, n = r["res"], r["res"]["n_samples"]
-        ci = {str(t): list(wilson_interval(res["acc"][t - 1] * n / 100.0, n)) for t in r["steps"]}
+        ci = {str(t): list(wilson_interval(round(res["acc"][t - 1] * n / 100.0), n)) for t in r["steps"]}
         curves[label] = {"acc": res["acc"], "n_images": n, "ci95": ci}
     try:
         ckpt_rel = str(Path(args.checkpoint).resolve().relative_to(REPO))

@@ -34,7 +34,9 @@ GRID: dict[str, list[Any]] = {
     "percentile": [1.0, 0.999],
     "v_init": [0.0, 0.5],
     "extra": ["none", "burst", "light"],  # burst: max_spikes=5; light: SNN Calibration's light corrections
+    "balancing": ["max", "ltb"],  # ltb: local threshold balancing (per-channel lam); it takes no percentile
 }
+LTB_PASSES = 20  # as conf/config.yaml calibration.passes
 CORRECTION_T = 32  # the target steps of the light correction (as conf/method/calibration_light.yaml)
 RANK_AT = (16, 32, 64)
 
@@ -42,6 +44,8 @@ RANK_AT = (16, 32, 64)
 def candidate_overrides(c: dict) -> list[str]:
     """The evaluate.py overrides of a candidate (what msat.reproduce runs on the test images)."""
     o = [f"method={c['threshold']}", f"calibration.percentile={c['percentile']}", f"method.v_init={c['v_init']}"]
+    if c.get("balancing", "max") == "ltb":
+        o += ["calibration.balancing=ltb", f"calibration.passes={LTB_PASSES}"]
     if c["extra"] == "burst":
         o.append("method.max_spikes=5")
     elif c["extra"] == "light":
@@ -50,7 +54,14 @@ def candidate_overrides(c: dict) -> list[str]:
 
 
 def candidate_name(c: dict) -> str:
-    return f"{c['threshold']}_p{c['percentile']}_v{c['v_init']}_{c['extra']}"
+    name = f"{c['threshold']}_p{c['percentile']}_v{c['v_init']}_{c['extra']}"
+    return name + "_ltb" if c.get("balancing", "max") == "ltb" else name
+
+
+def candidates(grid: dict) -> list[dict]:
+    """The product of the grid's lever values, less the contradictory ones (LTB with a percentile)."""
+    combos = [dict(zip(GRID, values)) for values in itertools.product(*(grid[k] for k in GRID))]
+    return [c for c in combos if not (c["balancing"] == "ltb" and c["percentile"] < 1.0)]
 
 
 def parse_levers(items: list[str]) -> dict[str, list[Any]]:
@@ -61,7 +72,7 @@ def parse_levers(items: list[str]) -> dict[str, list[Any]]:
             raise SystemExit(f"--levers takes key=v1,v2 with key in {', '.join(GRID)}; got {item!r}")
         cast = float if key in ("percentile", "v_init") else str
         grid[key] = [cast(v) for v in values.split(",")]
-        bad = [v for v in grid[key] if key in ("threshold", "extra") and v not in GRID[key]]
+        bad = [v for v in grid[key] if key in ("threshold", "extra", "balancing") and v not in GRID[key]]
         if bad:
             raise SystemExit(f"--levers {key}: unknown value(s) {bad}; choose from {GRID[key]}")
     return grid
@@ -96,14 +107,16 @@ def score(snn, val, T: int) -> torch.Tensor:
 
 def run_search(model, cal, val, grid: dict, T: int, arch: str, log=print) -> list[dict]:
     ann = prepare_ann(model)
-    lams = {p: compute_lam(ann, cal, percentile=p) for p in grid["percentile"]}  # shared by the candidates
+    # the lam of each (balancing, percentile) pair, shared by the candidates
+    lams = {("max", p): compute_lam(ann, cal, percentile=p) for p in grid["percentile"]}
+    if "ltb" in grid["balancing"]:
+        lams["ltb", 1.0] = compute_lam(ann, cal, balancing="ltb", passes=LTB_PASSES)
     results = []
-    combos = list(itertools.product(*(grid[k] for k in GRID)))
-    for i, values in enumerate(combos):
-        c = dict(zip(GRID, values))
+    combos = candidates(grid)
+    for i, c in enumerate(combos):
         t0 = time.time()
         hp = TABLE2.get(arch) if c["threshold"] != "const" else None
-        kw = dict(method=c["threshold"], hparams=hp, lam=lams[c["percentile"]], v_init=float(c["v_init"]),
+        kw = dict(method=c["threshold"], hparams=hp, lam=lams[c["balancing"], c["percentile"]], v_init=float(c["v_init"]),
                   max_spikes=5 if c["extra"] == "burst" else 1)
         if c["extra"] == "light":
             kw.update(correction="light", T=CORRECTION_T, num_batches=1)

@@ -19,11 +19,16 @@ def wilson_interval(correct: float, n: float, z: float = 1.959963984540054) -> t
     """95% (by default) Wilson score interval of the accuracy ``correct / n``, in percent."""
     if n <= 0:
         raise ValueError("an accuracy needs n >= 1 samples")
+    if not 0 <= correct <= n:
+        raise ValueError(f"correct must lie in [0, n]: got {correct} of {n}")
     p = correct / n
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+    # at p = 0 (or 1) the bound is exactly 0 (or 1); centre - half leaves a rounding residue there
+    lo = 0.0 if correct == 0 else max(0.0, centre - half)
+    hi = 1.0 if correct == n else min(1.0, centre + half)
+    return 100.0 * lo, 100.0 * hi
 
 
 def _log_binom_pmf(k: int, n: int) -> float:
