@@ -133,6 +133,24 @@ def test_qcfs_training_config(cfg_factory):
     assert isinstance(msat.create_model(**spec).features[2], msat.QCFS)
 
 
+def test_a_relu_net_starts_a_qcfs_fine_tune_of_the_same_layout():
+    from msat.checkpoint import CheckpointError, load_init_weights
+
+    relu = trained_like_vgg()
+    ckpt = {"model_spec": {"name": "vgg16", "num_classes": 10, "in_channels": 1, "width": 0.125}, "model": relu.state_dict()}
+    spec = {**ckpt["model_spec"], "activation": "qcfs", "levels": 4, "lam_init": 2.0}
+    q = msat.create_model(**spec)
+    load_init_weights(q, ckpt, spec, "relu.pt")
+    for k, v in relu.state_dict().items():
+        torch.testing.assert_close(q.state_dict()[k], v, rtol=0, atol=0)
+    assert all(float(m.lam) == 2.0 for m in q.modules() if isinstance(m, msat.QCFS))  # the scales keep their init
+    with pytest.raises(CheckpointError, match="width"):
+        load_init_weights(msat.create_model(**{**spec, "width": 0.25}), ckpt, {**spec, "width": 0.25}, "relu.pt")
+    bad = {**ckpt, "model": {k: v for k, v in relu.state_dict().items() if not k.startswith("classifier")}}
+    with pytest.raises(CheckpointError, match="missing or extra"):
+        load_init_weights(q, bad, spec, "relu.pt")
+
+
 # ----------------------------------------------------------------- LTB
 def _ltb_by_hand(acts_per_batch, passes, clip_prev=None):
     theta = torch.zeros(acts_per_batch[0].shape[1])

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 import msat
-
 from msat.neurons import TABLE2, IFNeuron, check_threshold_args
 from msat.pooling import LIPool
 from reference import run_neuron

@@ -131,8 +131,13 @@ def test_quick_mode_end_to_end(tmp_path):
     assert "8" in details["paired_tests_vs_msat"]["const"]
     tables = (out / "tables.md").read_text()
     assert "Table 4" in tables and "paper: MSAT" in tables and "Paired tests" in tables
-    assert len(details["diagnostics"]["msat"]["rel_l2"][0]) == 8
-    for png in ("diagnostics_msat/layer_errors.png", "fig5_thresholds.png", "fig6_spike_confidence.png", "fig2_sin_ratio.png", "fig7_firing_rate.png"):
+    from msat.reproduce import LEVERS
+
+    diag = details["diagnostics"]
+    assert {"const", "msat", "msat_sc"} < set(diag) and len(set(diag) - {"const", "msat", "msat_sc"} & set(LEVERS)) == 1
+    assert len(diag["msat"]["rel_l2"][0]) == 8 and diag["msat"]["n_images"] == 8
+    for png in ("diagnostics_msat/layer_errors.png", "diagnostics_msat_sc/layer_errors.png", "layer_errors_last_rel_l2.png",
+                "fig5_thresholds.png", "fig6_spike_confidence.png", "fig2_sin_ratio.png", "fig7_firing_rate.png"):
         assert (out / png).stat().st_size > 0
     # a rerun reuses the finished runs
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)

@@ -89,6 +89,28 @@ def test_report_on_two_results(tmp_path, capsys):
     assert "T=16" in out and "T=64" in out and "T=128" not in out
 
 
+def test_report_compares_runs_by_layer_errors(tmp_path):
+    from msat.report import error_table
+
+    T = 64
+    # layer 0 stays below 0.5; layer 1 is above it until t = 40; the last layer (2) is 1/t
+    diag = {"names": ["relu", "relu_1", "relu_2"], "a_norm": [1.0, 1.0, 1.0],
+            "rel_l2": [[0.1] * T, [0.9 if t < 40 else 0.2 for t in range(1, T + 1)], [1.0 / t for t in range(1, T + 1)]],
+            "qc": [[0.1] * T, [0.9] * T, [0.6 / t for t in range(1, T + 1)]],
+            "sin": [[0.0] * T, [0.0] * T, [0.8 / t for t in range(1, T + 1)]]}
+    _fake_result(tmp_path / "a", diagnostics=diag)
+    _fake_result(tmp_path / "b", method="const")  # no diagnostics: not in the table
+    assert report_main([str(tmp_path), "--no-plots"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "## Where the SNN departs from the ANN" in md
+    table = error_table([json.loads((tmp_path / "a" / "results.json").read_text())], steps=(32, 256))
+    head, _, row = table.splitlines()
+    assert "rel_l2 last T=32" in head and "T=256" not in head  # steps past the run's T are left out
+    cells = [c.strip() for c in row.split("|")][1:-1]
+    assert cells[2:] == [f"{1 / 32:.4f}", f"{0.6 / 32:.4f}", f"{0.8 / 32:.4f}", "1 (relu_1)"]
+    assert error_table([{"acc": [1.0]}]) == ""
+
+
 def test_report_labels_tell_variants_apart():
     from msat.report import label
     assert label(dict(method="msat", experiment=None, sc=None, max_spikes=1)) == "msat"

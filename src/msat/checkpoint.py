@@ -87,6 +87,24 @@ def check_model_spec(saved: Mapping[str, Any], wanted: Mapping[str, Any], path: 
         raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model ({'; '.join(diffs)})")
 
 
+ACTIVATION_KEYS = ("activation", "levels", "lam_init")
+
+
+def load_init_weights(model: torch.nn.Module, ckpt: Mapping[str, Any], wanted_spec: Mapping[str, Any],
+                      path: str | os.PathLike) -> None:
+    """Start a fine-tuning run from the weights of ``ckpt`` (``train.init_from``).
+
+    The architecture, class count, input and width must match. The activation may differ: a
+    ReLU net can start a QCFS net of the same layout, whose scales ``lam`` then keep their
+    initial value (and the reverse drops them). Any other missing or extra weight is an error."""
+    base = lambda spec: {k: v for k, v in spec.items() if k not in ACTIVATION_KEYS}  # noqa: E731
+    check_model_spec(base(ckpt["model_spec"]), base(wanted_spec), path)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    odd = [k for k in list(missing) + list(unexpected) if not k.endswith(".lam")]
+    if odd:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit this model: weights {odd[:5]} are missing or extra")
+
+
 KIND_SOURCES = {"ann": "train_ann.py", "mt_snn": "train_snn.py", "conversion": "convert.py",
                 "eval_partial": "evaluate.py"}
 

@@ -16,6 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .diagnostics import first_layer_over
+
 DEFAULT_CHECKPOINTS = (16, 32, 64, 128, 256)
 
 
@@ -167,6 +169,44 @@ def markdown_report(results: list[dict]) -> str:
                 )
         lines.append("")
     lines += ["## Accuracy at the paper's time steps", "", curve_table(results, markdown=True), ""]
+    errors = error_table(results)
+    if errors:
+        lines += ["## Where the SNN departs from the ANN (layer errors, paper Eq. 5)", "",
+                  "Runs with `eval.diagnostics=true`. `rel_l2 = ||r_t - a|| / ||a||` of the last spiking layer, split "
+                  "into `qc` (activated neurons) and `sin` (inactivated neurons), `rel_l2^2 = qc^2 + sin^2`; "
+                  f"\"first layer > {ERROR_LIMIT}\": the first spiking layer (0-based, graph order) whose `rel_l2` "
+                  "exceeds it at that step.", "", errors, ""]
+    return "\n".join(lines)
+
+
+ERROR_LIMIT = 0.5  # "first layer whose rel_l2 exceeds this" in the layer-error table
+ERROR_STEPS = (32, 256)
+
+
+def error_table(results: Iterable[dict], steps: Iterable[int] = ERROR_STEPS, limit: float = ERROR_LIMIT) -> str:
+    """A markdown table comparing runs by their layer errors (``results.json["diagnostics"]``)
+    at ``steps``: the last layer's rel_l2 / qc / sin and the first layer whose rel_l2 exceeds
+    ``limit``. Empty when no run has diagnostics."""
+    rows = [r for r in results if r.get("diagnostics")]
+    if not rows:
+        return ""
+    T = max(len(r["diagnostics"]["rel_l2"][0]) for r in rows)
+    cps = [t for t in steps if t <= T] or [T]
+    head = ["run", "dataset / model"]
+    for t in cps:
+        head += [f"rel_l2 last T={t}", f"qc last T={t}", f"sin last T={t}", f"first layer > {limit} T={t}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        d = r["diagnostics"]
+        row = [label(r), f"{r.get('dataset')} / {r.get('model')}"]
+        for t in cps:
+            if t > len(d["rel_l2"][0]):
+                row += ["-"] * 4
+                continue
+            first = first_layer_over(d, "rel_l2", t, limit)
+            row += [f"{d[k][-1][t - 1]:.4f}" for k in ("rel_l2", "qc", "sin")]
+            row.append("none" if first is None else f"{first} ({d['names'][first]})")
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 

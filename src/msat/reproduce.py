@@ -21,11 +21,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
-from .api import convert as msat_convert
 from .checkpoint import load_ann_checkpoint, load_model, safe_load
 from .stats import holm, mcnemar, verdict, wilson_interval
 
@@ -307,29 +306,56 @@ def figures(out: Path, summary: dict, found: dict) -> list[Path]:
     return paths
 
 
-def diagnostics(args, found: dict, out: Path, n: int = 128) -> dict:
-    """The per-layer error split (msat.layer_errors) of MSAT and const on the first ``n``
-    images of the test subset, with the lam of their evaluate.py runs."""
-    from .data import subset
-    from .diagnostics import layer_errors
-    from .neurons import TABLE2
-    from .tracking import plot_error_maps
+LEVERS = ("const_v0.5", "msat_v0.5", "const_p99.9", "msat_p99.9", "const_v0.5_p99.9", "msat_v0.5_p99.9")
 
-    model = load_model(args.checkpoint)
-    splits = cifar10_splits(Path(args.data), test_limit=args.n_images if args.quick else None, train_limit=16)
-    test = subset(splits.test, args.n_images, seed=0)
-    xs = torch.stack([test[i][0] for i in range(min(n, len(test)))])
+
+def best_lever(found: dict, t: int = 32) -> Optional[str]:
+    """The beyond-the-paper lever with the highest test accuracy at step t (None: none ran)."""
+    runs = [(r["res"]["acc"][min(t, len(r["res"]["acc"])) - 1], lab) for lab, r in found.items() if lab in LEVERS]
+    return max(runs)[1] if runs else None
+
+
+def _override(overrides: list[str], **new: Any) -> list[str]:
+    """``overrides`` with the keys of ``new`` (dots written as __) set to the new values."""
+    keys = {k.replace("__", "."): v for k, v in new.items()}
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+") not in keys]
+    return kept + [f"{k}={v}" for k, v in keys.items()]
+
+
+def diagnostics(args, spec: dict, found: dict, out: Path) -> dict:
+    """The per-layer error split (msat.layer_errors through ``evaluate.py eval.diagnostics=true``)
+    of const, MSAT, MSAT+SC and the best lever on the first ``--diag-images`` images of the
+    test subset (nested in it), with the conversion of their main runs."""
+    from .tracking import plot_curves, plot_error_maps
+
+    labels = [lab for lab in ("const", "msat", "msat_sc", best_lever(found)) if lab and lab in found]
     res = {}
-    for label, rule in (("msat", "msat"), ("const", "const")):
-        if label not in found:
-            continue
-        art = safe_load(found[label]["res"]["artifact"], "conversion artifact")
-        snn = msat_convert(model, [], method=rule, hparams=TABLE2["vgg16"] if rule == "msat" else None,
-                           lam=[v.float() for v in art["lam"]])
-        e = layer_errors(model, snn, [xs[i:i + 128] for i in range(0, len(xs), 128)], T=args.T)
-        diag = {"names": e["names"], "a_norm": e["a_norm"], **{k: [c.tolist() for c in e[k]] for k in ("rel_l2", "qc", "sin")}}
+    for label in labels:
+        d = Path(args.runs) / "diag" / label
+        if not (d / "results.json").exists() or args.force:
+            d.mkdir(parents=True, exist_ok=True)
+            o = _override(run_overrides(args, spec, label), eval__diagnostics="true", eval__save_predictions="false",
+                          eval__sin="false", eval__max_samples=min(args.diag_images, args.n_images),
+                          eval__plots="false", hydra__run__dir=str(d))
+            o = [x for x in o if not x.startswith("+tags=")] + [f"+tags=[reproduce_cifar10,diagnostics,{label}]"]
+            cmd = [sys.executable, str(REPO / "evaluate.py"), *o]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+            env.setdefault("WANDB_MODE", "disabled")
+            with open(d / "evaluate.log", "w") as log:
+                log.write(" ".join(cmd) + "\n")
+                log.flush()
+                if subprocess.call(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT) != 0:
+                    print(f"[reproduce] diagnostics of {label} FAILED; see {d / 'evaluate.log'}", file=sys.stderr)
+                    continue
+        r = json.loads((d / "results.json").read_text())
+        diag = r["diagnostics"]
         plot_error_maps(out / f"diagnostics_{label}", diag, f"VGG16 / CIFAR-10, {label}")
-        res[label] = {**diag, "n_images": len(xs)}
+        res[label] = {**diag, "n_images": r["n_samples"], "acc": r["acc"]}
+    if res:
+        for key in ("rel_l2", "qc", "sin"):
+            plot_curves(out / f"layer_errors_last_{key}.png", {lab: d[key][-1] for lab, d in res.items()},
+                        f"last spiking layer: {key} (first {next(iter(res.values()))['n_images']} test images)",
+                        ylabel=f"{key} (/ ||a||)", logx=True)
     return res
 
 
@@ -349,7 +375,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="the same code path on 8 images and 8 steps")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--search", default=None, help="search.json of python -m msat.search: evaluate its best candidates")
-    p.add_argument("--no-diagnostics", action="store_true", help="skip the per-layer error split (MSAT, const)")
+    p.add_argument("--no-diagnostics", action="store_true",
+                   help="skip the per-layer error split (const, MSAT, MSAT+SC, the best lever)")
+    p.add_argument("--diag-images", type=int, default=256, help="test images of the error split (a nested subset)")
     p.add_argument("--skip-runs", action="store_true", help="only gather the finished runs")
     args = p.parse_args(argv)
     if args.quick:
@@ -392,7 +420,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                                                  "sin", "readout_start", "compiled", "command", "artifact")}
                               for lab, r in found.items()}}
     if not args.no_diagnostics:
-        details["diagnostics"] = diagnostics(args, found, out)
+        details["diagnostics"] = diagnostics(args, spec, found, out)
     (out / "details.json").write_text(json.dumps(details, indent=1))
     (out / "tables.md").write_text(tables(summary, found, tests, steps))
     figures(out, summary, found)

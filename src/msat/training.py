@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_ann_checkpoint
+from .checkpoint import FORMAT_VERSION, CheckpointError, atomic_save, load_ann_checkpoint, load_init_weights
 from .data import DataSplits, EpochBatchSampler, make_loader
 from .distributed import DistInfo, all_reduce_sum, any_rank, barrier
 from .models import create_model
@@ -208,8 +208,8 @@ def fit(
         if info.is_main:
             log.info("resuming from %s: epoch %d, batch %d", last_path, start_epoch + 1, start_batch)
     elif train.get("init_from") is not None:  # fine-tuning: the weights only; optimizer and schedule start fresh
-        init = load_ann_checkpoint(train["init_from"], model_spec, kind)
-        model.load_state_dict(init["model"])
+        init = load_ann_checkpoint(train["init_from"], None, kind)
+        load_init_weights(model, init, model_spec, train["init_from"])  # a ReLU net may start a QCFS one
         init_epochs = int(init["epoch"]) + int(init.get("init_epochs", 0))
         if info.is_main:
             log.info("initialised from %s (trained %d epochs, best %.2f%%)", train["init_from"],
