@@ -133,3 +133,27 @@ def test_evaluate_table6_experiment_on_a_fake_speech_commands_tree(tmp_path):
     res = json.loads(next(tmp_path.rglob("results.json")).read_text())
     assert res["dataset"] == "speech_commands" and res["model"] == "m5" and len(res["acc"]) == 16
     assert res["n_samples"] == 35 and res["paper"]["table"] == "Table 6"
+
+
+@pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng is not installed "
+                    "(apt-get install espeak-ng; .ci/run installs it)")
+def test_synthetic_words_are_generated_in_the_speech_commands_layout_and_reproducibly(tmp_path):
+    from msat.speech import make_synthetic_words, speech_folder_samples
+
+    kw = dict(words=("yes", "no"), voices=("en",), variants=("", "+f2"), speeds=(150,), pitches=(40, 60),
+              test_every=4, validation_every=4)
+    a = make_synthetic_words(tmp_path / "a", seed=3, **kw)
+    b = make_synthetic_words(tmp_path / "b", seed=3, **kw)
+    wavs = sorted(p.relative_to(a).as_posix() for p in a.rglob("*.wav"))
+    assert len(wavs) == 2 * 2 * 2 and {w.split("/")[0] for w in wavs} == {"yes", "no"}
+    for w in wavs:  # the same seed gives the same files, byte for byte
+        assert (a / w).read_bytes() == (b / w).read_bytes()
+    x, rate = read_wav(a / wavs[0])
+    assert rate == 16000 and x.numel() == 16000 and x.abs().max() > 0.01  # 1 s of 16 kHz speech, not silence
+    assert "SYNTHETIC" in (a / "README.txt").read_text()
+    tests = (a / "testing_list.txt").read_text().split()
+    assert len(tests) == 2 and all((a / t).exists() for t in tests)
+    splits = speech_folder_samples(a, ("yes", "no"))
+    assert sum(len(v) for v in splits.values()) == len(wavs)
+    c = make_synthetic_words(tmp_path / "c", seed=4, **kw)  # another seed: other noise
+    assert (c / wavs[0]).read_bytes() != (a / wavs[0]).read_bytes()
