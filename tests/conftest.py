@@ -65,6 +65,24 @@ def compose(overrides=(), root=None, config_name="config"):
         return hcompose(config_name=config_name, overrides=extra + ["progress=false"] + list(overrides))
 
 
+def fake_cifar_tree(root, per_class=(14, 2)):
+    """A tiny CIFAR-10 JPEG tree root/{train,test}/<class>/ (default: 140 training images, one
+    calibration batch of 128, and 20 test images)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    for split, n in zip(("train", "test"), per_class):
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                base = torch.full((32, 32, 3), 20.0 * c)
+                img = (base + 60 * torch.rand(32, 32, 3, generator=g)).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(img.numpy()).save(d / f"{i}.jpg")
+    return root
+
+
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda *overrides, root=None: compose(overrides, root or tmp_path)

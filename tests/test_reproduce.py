@@ -8,24 +8,8 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, cli
+from conftest import ROOT, cli, fake_cifar_tree
 from msat.stats import holm, wilson_interval
-
-
-def _fake_cifar_tree(root, per_class=(14, 2)):  # 140 training images: one calibration batch of 128
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    for split, n in zip(("train", "test"), per_class):
-        for c, name in enumerate(classes):
-            d = root / split / name
-            d.mkdir(parents=True)
-            for i in range(n):
-                base = torch.full((32, 32, 3), 20.0 * c)
-                img = (base + 60 * torch.rand(32, 32, 3, generator=g)).clamp(0, 255).to(torch.uint8)
-                Image.fromarray(img.numpy()).save(d / f"{i}.jpg")
-    return root
 
 
 def test_holm_adjustment():
@@ -97,7 +81,7 @@ def test_missing_jpeg_folder_says_where_and_how(tmp_path):
 
 @pytest.mark.e2e
 def test_quick_mode_end_to_end(tmp_path):
-    data = _fake_cifar_tree(tmp_path / "jpeg")
+    data = fake_cifar_tree(tmp_path / "jpeg")
     r = cli("train_ann.py", "dataset=cifar10", f"dataset.root={data}", "model=vgg16", "model.width=0.0625",
             "train.epochs=1", "train.batch_size=16", "dataset.num_workers=0", "dataset.augment.autoaugment=false",
             f"paths.root={tmp_path}", cwd=tmp_path)
