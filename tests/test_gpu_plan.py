@@ -123,3 +123,25 @@ def test_dry_run_of_every_stage_but_the_gpu_tests(packed, tmp_path):
     again = json.loads((tmp_path / "again" / "curves.json").read_text())
     assert again["checkpoint"] == str(ck) and list(again["curves"]) == ["const"]
     assert cli.main(["evaluate", "--methods", "magic", "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.e2e
+def test_run_sh_dry_run_of_the_whole_plan(packed, tmp_path):
+    """scripts/gpu/run.sh as the GPU machine runs it, every stage (the GPU tests skip here)."""
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    _, prefix = packed
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PACKED=str(prefix), TIME_LIMIT="400", WHEELS=str(tmp_path / "none"),
+               GPU_ARGS="--dry-run --device cpu")
+    r = subprocess.run(["bash", str(ROOT / "scripts/gpu/run.sh")], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert [k for k in status["stages"]] == ["setup", "tests", "speed", "train", "evaluate"]
+    assert all(v["status"] == "done" for v in status["stages"].values()), status
+    assert "skipped" in (tmp_path / "out" / "tests.txt").read_text()  # no CUDA here: the GPU tests skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "curves.json", "log.txt", "speed.json", "status.json", "tests.txt", "vgg16.pt.part0"]
