@@ -262,3 +262,32 @@ def test_estimate_readout_start_is_the_last_layers_first_spike():
     with snn.monitor(64, probe=[None] * (len(snn.neurons) - 1) + [First()]):
         msat.simulate(snn, x, d + 1)
     assert first[d] > 0  # by step d+1 the last layer fires
+
+
+def test_report_renders_the_comparison_rows_beside_the_papers_numbers(tmp_path):
+    """Every comparison experiment (Calibration, Opt/RTS, Channel-Norm, p-Norm) carries the
+    paper's numbers, and `msat.report` puts a run's numbers beside them."""
+    import json
+
+    from conftest import CONF, compose
+    from msat.report import main as report_main
+
+    names = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
+                   if "calibration" in p.stem or "opt" in p.stem or "channelnorm" in p.stem or "pnorm" in p.stem)
+    assert len(names) >= 8
+    for i, name in enumerate(names):
+        cfg = compose([f"experiment={name}"], tmp_path)
+        paper = dict(cfg.paper)
+        assert paper.get("table") and ("acc_at" in paper or "snn" in paper), name
+        acc = [50.0 + 0.1 * t for t in range(1, 257)]
+        res = {"method": cfg.method.name, "experiment": name, "dataset": cfg.dataset.name, "model": cfg.model.name,
+               "width": 1.0, "ann_acc": 90.0, "acc": acc, "best_acc": max(acc), "best_step": 256, "step_within_tol": None,
+               "tol": 0.1, "T": 256, "command": f"python evaluate.py experiment={name}", "commit": "abc", "hardware": "cpu",
+               "paper": json.loads(json.dumps(paper, default=dict))}
+        (tmp_path / "runs" / str(i)).mkdir(parents=True)
+        (tmp_path / "runs" / str(i) / "results.json").write_text(json.dumps(res))
+    assert report_main([str(tmp_path / "runs"), "--no-plots"]) == 0
+    md = (tmp_path / "runs" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if "table4_calibration_vgg16_cifar10" in line and "acc T=32" in line)
+    assert "| 53.20 | 93.71 | -40.51 |" in row  # ours (50 + 0.1 * 32), the paper's, the difference
+    assert md.count("calibration_advanced") + md.count("calibration_light") >= 4 and "rts" in md
