@@ -87,6 +87,13 @@ def test_quick_mode_end_to_end(tmp_path):
             f"paths.root={tmp_path}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = tmp_path / "checkpoints/cifar10/vgg16_w0.0625_s0/last.pt"
+    # the QCFS net beside it: fine-tuned from the ReLU net (train_qcfs.sh's recipe, shrunk)
+    r = cli("train_ann.py", "dataset=cifar10", f"dataset.root={data}", "model=vgg16", "model.width=0.0625",
+            "model.activation=qcfs", "model.levels=4", "model.lam_init=2.0", f"train.init_from={ckpt}",
+            "train.epochs=1", "train.batch_size=16", "dataset.num_workers=0", "dataset.augment.autoaugment=false",
+            f"paths.root={tmp_path}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    qcfs = tmp_path / "checkpoints/cifar10/vgg16_qcfs4_w0.0625_s0/last.pt"
     out, runs = tmp_path / "results", tmp_path / "runs"
     # the fewest-steps search scores on held-out training images, then the reproduction runs its best
     search = [sys.executable, "-m", "msat.search", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
@@ -96,7 +103,8 @@ def test_quick_mode_end_to_end(tmp_path):
     found = json.loads((out / "search.json").read_text())
     assert len(found["candidates"]) == 2 * 1 * 2 * 2 * 2 and set(found["best"]) == {"8"}  # T=8 < 16: ranked at T
     cmd = [sys.executable, "-m", "msat.reproduce", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
-           "--out", str(out), "--runs", str(runs), "--jobs", "2", "--other-images", "6", "--search", str(out / "search.json")]
+           "--out", str(out), "--runs", str(runs), "--jobs", "2", "--other-images", "6", "--search", str(out / "search.json"),
+           "--qcfs-checkpoint", str(qcfs)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -105,7 +113,8 @@ def test_quick_mode_end_to_end(tmp_path):
     assert s["ann"]["model"] == "vgg16" and s["ann"]["width"] == 0.0625 and s["ann"]["epochs"] == 1
     assert 0.0 <= s["ann"]["ann_acc_full"] <= 100.0
     for label in ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc", "burst", "rts",
-                  "calibration_light", "calibration_advanced", "ltb", "msat_v0.5_p99.9", "search_T8"):
+                  "calibration_light", "calibration_advanced", "ltb", "ltb_delayed", "msat_ltb", "msat_ltb_delayed",
+                  "msat_v0.5_p99.9", "search_T8", "qcfs"):
         c = s["curves"][label]
         assert len(c["acc"]) == 8 and c["n_images"] == (8 if label in ("const", "const_0.5", "const_0.2", "dtt", "det",
                                                                          "msat", "msat_sc") else 6)
@@ -114,7 +123,9 @@ def test_quick_mode_end_to_end(tmp_path):
     details = json.loads((out / "details.json").read_text())
     assert "8" in details["paired_tests_vs_msat"]["const"]
     tables = (out / "tables.md").read_text()
-    assert "Table 4" in tables and "paper: MSAT" in tables and "Paired tests" in tables
+    assert "Table 4" in tables and "paper: MSAT" in tables and "Paired tests" in tables and "QCFS net" in tables
+    assert 0.0 <= details["qcfs"]["ann_acc_full"] <= 100.0 and details["qcfs"]["levels"] == 4
+    assert "qcfs" in details["paired_tests_vs_msat"]
     from msat.reproduce import LEVERS
 
     diag = details["diagnostics"]

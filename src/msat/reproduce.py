@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .checkpoint import load_ann_checkpoint, load_model, safe_load
+from .reproduce_tables import figures, tables
 from .stats import holm, mcnemar, verdict, wilson_interval
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,14 +61,9 @@ METHODS: dict[str, list[str]] = {
     "msat_ltb": ["method=msat", "calibration.balancing=ltb"],
     "msat_ltb_delayed": ["method=msat", "calibration.balancing=ltb", "eval.readout_start=auto"],
 }
+QCFS = {"activation": "qcfs", "levels": 4, "lam_init": 2.0}  # docs/results/cifar10/train_qcfs.sh
 PRIMARY = ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc")  # always on --n-images
 SIN_LABELS = ("const", "msat", "msat_sc")  # SIN over the test set: Fig. 2 and Table 7
-FIG5 = ("const", "const_0.5", "const_0.2", "dtt", "det", "msat")
-PAPER_TABLE4 = {  # paper Table 4, VGG16 / CIFAR-10 (ANN 95.45 / 95.72 / 92.37)
-    "MSAT": {"16": 73.42, "32": 93.87, "64": 95.20, "128": 95.44, "256": 95.50},
-    "Calibration": {"32": 93.71, "64": 95.14, "128": 95.65, "256": 95.79},
-    "DTIF": {"16": 71.10, "32": 86.37, "64": 90.61, "128": 91.56, "256": 91.89},
-}
 
 
 def check_data(root: Path) -> None:
@@ -98,6 +94,15 @@ def subset_positions(n_total: int, n_small: int, n_large: int, seed: int = 0) ->
     return [where[v] for v in small]
 
 
+def qcfs_methods(path: Optional[str]) -> dict[str, list[str]]:
+    """``qcfs``: the QCFS net of ``--qcfs-checkpoint`` (same layout and width), converted with
+    its trained lam and the membrane at lam/2 (method=qcfs)."""
+    if not path:
+        return {}
+    return {"qcfs": ["method=qcfs", *(f"model.{k}={v}" for k, v in QCFS.items()),
+                     f"calibration.checkpoint={Path(path).resolve()}"]}
+
+
 def run_overrides(args, spec: dict, label: str) -> list[str]:
     common = [
         "dataset=cifar10", f"dataset.root={args.data}", "dataset.format=imagefolder", "dataset.num_workers=0",
@@ -112,7 +117,7 @@ def run_overrides(args, spec: dict, label: str) -> list[str]:
         common += ["calibration.num_batches=1", "calibration.batch_size=128", "calibration.passes=2",
                    f"sin.batch_size={args.n_images}", f"eval.batch_size={args.n_images}",
                    "dataset.max_train_samples=256", "method.sc.early_steps=2"]
-    return common + METHODS[label]
+    return _override(common, **{k.replace(".", "__"): v for k, v in (o.split("=", 1) for o in METHODS[label])})
 
 
 def run_one(args, spec: dict, label: str) -> tuple[str, float, Optional[str]]:
@@ -228,84 +233,6 @@ def summarize_runs(args, spec: dict, ckpt: dict, found: dict[str, dict], ann_acc
     }
 
 
-def _row(values: dict, steps) -> str:
-    return " | ".join("-" if values.get(str(t)) is None else f"{values[str(t)]:.2f}" for t in steps)
-
-
-def tables(summary: dict, found: dict, tests: dict, steps) -> str:
-    """The markdown tables: accuracy with 95% CIs, paired tests, Table 4, Table 7, Table 8."""
-    n = {lab: c["n_images"] for lab, c in summary["curves"].items()}
-    lines = [f"ANN: {summary['ann']['ann_acc_full']:.2f}% on all test images.", "",
-             "## Accuracy (%) after t steps, with 95% Wilson intervals", "",
-             "| method | n | " + " | ".join(f"T={t}" for t in steps) + " |", "|---|---|" + "---|" * len(steps)]
-    for lab, c in summary["curves"].items():
-        cells = [f"{c['acc'][t - 1]:.2f} [{c['ci95'][str(t)][0]:.1f}, {c['ci95'][str(t)][1]:.1f}]"
-                 if str(t) in c["ci95"] else "-" for t in steps]
-        lines.append(f"| {lab} | {n[lab]} | " + " | ".join(cells) + " |")
-    if tests:
-        lines += ["", "## Paired tests against MSAT (McNemar exact; p adjusted by Holm over every method and step)", "",
-                  "| method | " + " | ".join(f"T={t}" for t in steps) + " |", "|---|" + "---|" * len(steps)]
-        for lab, per in tests.items():
-            cells = [f"{per[str(t)]['diff']:+.2f} (p={per[str(t)]['p_holm']:.2g})" if str(t) in per else "-"
-                     for t in steps]
-            lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-        lines += ["", "Cells: accuracy of the method minus MSAT's, in points, on the images both saw (the smaller "
-                  "subset where the two differ)."]
-    lines += ["", "## Table 4 layout (VGG16 / CIFAR-10): paper beside ours", "",
-              "| row | ANN | " + " | ".join(f"T={t}" for t in STEPS) + " |", "|---|---|" + "---|" * len(STEPS)]
-    paper_ann = {"MSAT": 95.45, "Calibration": 95.72, "DTIF": 92.37}
-    for name, accs in PAPER_TABLE4.items():
-        lines.append(f"| paper: {name} | {paper_ann[name]:.2f} | {_row(accs, STEPS)} |")
-    for lab, name in (("msat_sc", "ours: MSAT (+SC)"), ("msat", "ours: MSAT"), ("calibration_light", "ours: Calibration (light)"),
-                      ("calibration_advanced", "ours: Calibration (advanced)")):
-        if lab in summary["curves"]:
-            acc = summary["curves"][lab]["acc"]
-            vals = {str(t): acc[t - 1] for t in STEPS if t <= len(acc)}
-            lines.append(f"| {name} | {summary['ann']['ann_acc_full']:.2f} | {_row(vals, STEPS)} |")
-    sin_rows = [(lab, found[lab]["res"]) for lab in ("msat", "msat_sc", "const") if lab in found and "sin" in found[lab]["res"]]
-    if sin_rows:
-        lines += ["", "## Table 7 layout: ANS (last spiking layer) and accuracy at T=32, with and without SC", "",
-                  "| method | ANS | acc T=32 |", "|---|---|---|"]
-        for lab, res in sin_rows:
-            a32 = res["acc"][31] if len(res["acc"]) >= 32 else float("nan")
-            lines.append(f"| {lab} | {res['sin']['ans_last']:.4f} | {a32:.2f} |")
-    energy = [(lab, r["res"]["energy"]) for lab, r in found.items() if "energy" in r["res"]]
-    if energy:
-        lines += ["", "## Table 8 layout: energy ratio SNN / ANN at T (on CIFAR-10; the paper's is CIFAR-100)", "",
-                  "| method | energy ratio | firing rate (mean over layers) |", "|---|---|---|"]
-        for lab, e in energy:
-            lines.append(f"| {lab} | {e['energy_ratio']:.4f} | {found[lab]['res'].get('firing_rate_mean', float('nan')):.4f} |")
-    return "\n".join(lines) + "\n"
-
-
-def figures(out: Path, summary: dict, found: dict) -> list[Path]:
-    from .tracking import plot_bars, plot_curves
-
-    ann, paths = summary["ann"]["ann_acc_full"], []
-    curves = summary["curves"]
-    fig5 = {lab: curves[lab]["acc"] for lab in FIG5 if lab in curves}
-    if fig5:
-        paths.append(plot_curves(out / "fig5_thresholds.png", fig5, "Fig. 5: threshold rules (VGG16 / CIFAR-10)",
-                                 hline=ann, logx=True))
-    fig6 = {lab: curves[lab]["acc"] for lab in ("msat", "msat_sc") if lab in curves}
-    if fig6:
-        paths.append(plot_curves(out / "fig6_spike_confidence.png", fig6, "Fig. 6: MSAT with and without SC",
-                                 hline=ann, logx=True))
-    others = {lab: c["acc"] for lab, c in curves.items() if lab not in FIG5 and lab != "msat_sc"}
-    if others:
-        paths.append(plot_curves(out / "levers_and_baselines.png", {"msat": curves.get("msat", {}).get("acc", []), **others},
-                                 "other methods beside MSAT", hline=ann, logx=True))
-    if "msat" in found and "sin" in found["msat"]["res"]:
-        ratio = found["msat"]["res"]["sin"]["ratio"]
-        paths.append(plot_curves(out / "fig2_sin_ratio.png", {f"layer {i + 1}": r for i, r in enumerate(ratio)},
-                                 "Fig. 2: SIN ratio per layer (MSAT, test images)", ylabel="SIN ratio", logx=True))
-    if "msat" in found and "firing_rate" in found["msat"]["res"]:
-        res = found["msat"]["res"]
-        paths.append(plot_bars(out / "fig7_firing_rate.png", [f"{i + 1}" for i in range(len(res["firing_rate"]))],
-                               res["firing_rate"], "Fig. 7: firing rate per layer (MSAT)", "spikes / neuron / step"))
-    return paths
-
-
 LEVERS = ("const_v0.5", "msat_v0.5", "const_p99.9", "msat_p99.9", "const_v0.5_p99.9", "msat_v0.5_p99.9")
 
 
@@ -375,6 +302,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="the same code path on 8 images and 8 steps")
     p.add_argument("--force", action="store_true", help="rerun finished runs")
     p.add_argument("--search", default=None, help="search.json of python -m msat.search: evaluate its best candidates")
+    p.add_argument("--qcfs-checkpoint", default=None, help="a QCFS VGG16 of the same width (train_qcfs.sh): label qcfs")
     p.add_argument("--no-diagnostics", action="store_true",
                    help="skip the per-layer error split (const, MSAT, MSAT+SC, the best lever)")
     p.add_argument("--diag-images", type=int, default=256, help="test images of the error split (a nested subset)")
@@ -383,6 +311,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.quick:
         args.n_images, args.T = min(args.n_images, 8), min(args.T, 8)
     METHODS.update(search_methods(args.search))
+    METHODS.update(qcfs_methods(args.qcfs_checkpoint))
     labels = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in labels if m not in METHODS]
     if unknown:
@@ -419,6 +348,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                "per_method": {lab: {k: r["res"].get(k) for k in ("ann_acc", "firing_rate", "firing_rate_mean", "energy",
                                                                  "sin", "readout_start", "compiled", "command", "artifact")}
                               for lab, r in found.items()}}
+    if args.qcfs_checkpoint:
+        details["qcfs"] = {"checkpoint": args.qcfs_checkpoint, "ann_acc_full": ann_full_accuracy(
+            Path(args.qcfs_checkpoint), Path(args.data), args.n_images if args.quick else None)[0], **QCFS}
     if not args.no_diagnostics:
         details["diagnostics"] = diagnostics(args, spec, found, out)
     (out / "details.json").write_text(json.dumps(details, indent=1))
