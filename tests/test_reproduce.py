@@ -51,6 +51,16 @@ def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
                  "calibration.passes=20"]
 
 
+def test_one_run_per_distinct_search_winner(tmp_path):
+    from msat.reproduce import search_methods
+
+    a, b = ["method=msat", "calibration.balancing=ltb"], ["method=const"]
+    (tmp_path / "search.json").write_text(json.dumps({"best": {"16": {"overrides": a}, "32": {"overrides": a},
+                                                               "64": {"overrides": b}}}))
+    assert search_methods(str(tmp_path / "search.json")) == {"search_T16_T32": a, "search_T64": b}
+    assert search_methods(None) == {}
+
+
 def test_search_grid_leaves_out_ltb_with_a_percentile():
     from msat.search import candidate_name, candidates, parse_levers
 

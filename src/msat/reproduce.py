@@ -165,11 +165,15 @@ def ann_full_accuracy(checkpoint: Path, data: Path, limit: Optional[int]) -> tup
 
 
 def search_methods(path: Optional[str]) -> dict[str, list[str]]:
-    """``search_T<t>``: the best candidate at t of a ``python -m msat.search`` run."""
+    """``search_T<t>``: the best candidate at t of a ``python -m msat.search`` run (one label
+    for the steps that share a winner)."""
     if not path:
         return {}
     found = json.loads(Path(path).read_text())
-    return {f"search_T{t}": b["overrides"] for t, b in found["best"].items()}
+    steps: dict[tuple, list[str]] = {}  # one run per distinct winner: search_T16_T32 when one candidate wins both
+    for t, b in found["best"].items():
+        steps.setdefault(tuple(b["overrides"]), []).append(t)
+    return {"search_" + "_".join(f"T{t}" for t in ts): list(o) for o, ts in steps.items()}
 
 
 def gather(runs: Path, labels: Sequence[str]) -> dict[str, dict]:
@@ -296,7 +300,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--other-images", type=int, default=None,
                    help="images for the methods beyond Fig. 5/6 (a subset of --n-images; default: the same)")
     p.add_argument("--T", type=int, default=256)
-    p.add_argument("--methods", default="all", help="comma-separated labels (default: all): " + ", ".join(METHODS))
+    p.add_argument("--methods", default="all",
+                   help="comma-separated labels (default: all; 'search': the search's winners): " + ", ".join(METHODS))
     p.add_argument("--jobs", type=int, default=2, help="evaluate.py runs at a time")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
     p.add_argument("--quick", action="store_true", help="the same code path on 8 images and 8 steps")
@@ -313,6 +318,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     METHODS.update(search_methods(args.search))
     METHODS.update(qcfs_methods(args.qcfs_checkpoint))
     labels = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
+    labels = [x for m in labels for x in ([k for k in METHODS if k.startswith("search_")] if m == "search" else [m])]
     unknown = [m for m in labels if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method label(s) {unknown}; choose from {', '.join(METHODS)}")
