@@ -107,11 +107,11 @@ def test_quick_mode_end_to_end(tmp_path):
     out, runs = tmp_path / "results", tmp_path / "runs"
     # the fewest-steps search scores on held-out training images, then the reproduction runs its best
     search = [sys.executable, "-m", "msat.search", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
-              "--out", str(out), "--levers", "percentile=1.0", "extra=none,light", "balancing=max,ltb"]
-    r = subprocess.run(search, capture_output=True, text=True, cwd=ROOT, timeout=900)
+              "--out", str(out), "--levers", "percentile=1.0", "extra=none,light", "balancing=max"]
+    r = subprocess.run(search, capture_output=True, text=True, cwd=ROOT, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     found = json.loads((out / "search.json").read_text())
-    assert len(found["candidates"]) == 2 * 1 * 2 * 2 * 2 and set(found["best"]) == {"8"}  # T=8 < 16: ranked at T
+    assert len(found["candidates"]) == 2 * 1 * 2 * 2 * 1 and set(found["best"]) == {"8"}  # T=8 < 16: ranked at T
     cmd = [sys.executable, "-m", "msat.reproduce", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
            "--out", str(out), "--runs", str(runs), "--jobs", "2", "--other-images", "6", "--search", str(out / "search.json"),
            "--qcfs-checkpoint", str(qcfs)]
