@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 DATASET_NAMES = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagenet", "speech_commands", "synthetic_words")
 AUDIO_DATASETS = ("speech_commands", "synthetic_words")
+CIFAR10_NORMALIZATION = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}  # conf/dataset/cifar10.yaml
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = (

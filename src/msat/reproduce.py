@@ -26,6 +26,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .checkpoint import load_ann_checkpoint, load_model, safe_load
+from .data import CIFAR10_NORMALIZATION
 from .reproduce_tables import figures, tables
 from .stats import holm, mcnemar, verdict, wilson_interval
 
@@ -137,7 +138,7 @@ def run_one(args, spec: dict, label: str) -> tuple[str, float, Optional[str]]:
     return label, time.time() - t0, err
 
 
-NORMALIZATION = {"mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}  # conf/dataset/cifar10.yaml
+NORMALIZATION = CIFAR10_NORMALIZATION
 
 
 def cifar10_splits(data: Path, test_limit: Optional[int] = None, train_limit: Optional[int] = None):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..api import convert
 from ..checkpoint import FORMAT_VERSION, load_model
 from ..conversion import prepare_ann
+from ..data import CIFAR10_NORMALIZATION
 from ..energy import energy_ratio, layer_ops
 from ..evaluation import evaluate_snn, summarize
 from ..models import create_model
@@ -30,7 +31,7 @@ from .budget import StageContext
 from .packed import PARTS, decode
 
 log = logging.getLogger(__name__)
-MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # conf/dataset/cifar10.yaml
+MEAN, STD = CIFAR10_NORMALIZATION["mean"], CIFAR10_NORMALIZATION["std"]
 SHARD_BYTES = 15 * 2**20  # files that come back from the GPU machine: 16 MiB each at most
 REPO = Path(__file__).resolve().parents[3]
 VGG = TABLE2["vgg16"]
