@@ -229,6 +229,28 @@ def test_lipool_sum_equals_maxpool_of_sum(kw, shape):
         assert torch.allclose(running, F.max_pool2d(xs[: t + 1].sum(0), **kw), atol=1e-12)
 
 
+@pytest.mark.e2e
+def test_fused_lipool_gives_the_same_bits_as_eager():
+    """sim.compile also fuses the LIPool step (add, window max, difference): max and
+    subtraction round as in eager mode, so the outputs are identical, overlapping windows,
+    padding and ceil_mode included."""
+    from msat.simulation import compile_available
+
+    if not compile_available(torch.device("cpu")):
+        pytest.skip("torch.compile has no working backend here")
+    for kw, shape in [(dict(kernel_size=2), (2, 3, 8, 8)), (dict(kernel_size=3, stride=2, padding=1), (2, 3, 9, 9)),
+                      (dict(kernel_size=2, stride=2, ceil_mode=True), (2, 3, 7, 5))]:
+        xs = torch.rand(12, *shape) * (torch.rand(12, *shape) > 0.6)
+        eager, fused = LIPool(**kw), LIPool(**kw)
+        fused.compiled = True
+        a = torch.stack([eager(x) for x in xs])
+        b = torch.stack([fused(x) for x in xs])
+        assert torch.equal(a, b), kw
+    import msat.pooling as pooling
+
+    assert pooling._FUSED.get("worked") and not pooling._FUSED.get("failed")  # it ran fused, no fallback
+
+
 def test_lipool_multistep_matches_single_steps():
     torch.manual_seed(0)
     xs = torch.rand(8, 2, 3, 6, 6)

@@ -230,8 +230,9 @@ class SpikingNetwork(nn.Module):
             self._use_compiled(bool(enabled))
 
     def _use_compiled(self, on: bool) -> None:
-        for n in self.neurons:
-            n.compiled = on
+        for m in self.modules():
+            if isinstance(m, (IFNeuron, LIPool)):
+                m.compiled = on
 
 
 def sc_layer_indices(layers: str | Sequence[int], L: int) -> list[int]:

@@ -54,11 +54,15 @@ def _fire(v: torch.Tensor, theta, max_spikes: int) -> torch.Tensor:
 
 
 def if_step(rule: ThresholdRule, max_spikes: int, v: torch.Tensor, s: Optional[torch.Tensor], inp: torch.Tensor,
-            lam: torch.Tensor, tm1: Optional[torch.Tensor], dead: Optional[torch.Tensor] = None,
-            bias: Optional[torch.Tensor] = None, gate: Optional[Callable] = None, reset_by_emitted: bool = True):
+            lam: torch.Tensor, inv_tm1: Optional[torch.Tensor], dead: Optional[torch.Tensor] = None,
+            bias: Optional[torch.Tensor] = None, gate: Optional[Callable] = None, reset_by_emitted: bool = True,
+            inv_lam: Optional[torch.Tensor] = None):
     """One time step of the IF neuron, in place on ``v`` (and ``s``), spec section 2.
 
-    ``tm1`` is ``t - 1`` as a 0-d tensor, or None at t = 1 (theta = ``rule.first``).
+    ``inv_tm1`` is ``1 / (t - 1)`` as a 0-d tensor, or None at t = 1 (theta = ``rule.first``);
+    ``inv_lam`` is ``1 / lam`` (computed here when not given). The adaptive rules divide by
+    neither: a vector division costs several times a multiplication, and the threshold is
+    compute-bound (the results differ from dividing in the last bit only).
     ``dead`` masks channels whose ``lam`` is 0 (they stay silent); ``bias`` is added to the
     input (a bias correction, in the input's units); ``gate`` maps fired spikes to emitted
     ones (spike confidence). Returns ``(out, emitted, fired, theta)`` with
@@ -68,13 +72,13 @@ def if_step(rule: ThresholdRule, max_spikes: int, v: torch.Tensor, s: Optional[t
         inp = inp + bias
     x = None
     if rule.needs_input or dead is not None:
-        x = inp / lam  # x_t, in units of lam
+        x = inp * (lam.reciprocal() if inv_lam is None else inv_lam)  # x_t, in units of lam
         if dead is not None:
             x = x.masked_fill(dead, 0)
-    if tm1 is None:
+    if inv_tm1 is None:
         theta = rule.first
     else:  # from the previous residual, so before the charge
-        d = v - s / tm1 if rule.needs_mean else None  # u - s/(t-1)
+        d = v - s * inv_tm1 if rule.needs_mean else None  # u - s/(t-1)
         theta = rule.theta(x, d)
     if x is None:
         v.addcdiv_(inp, lam)  # charge: v + input / lam
@@ -104,15 +108,16 @@ def _compiled_step(with_stats: bool):
     floats and ``t - 1`` are dynamic inputs, so one compilation serves every layer."""
     key = with_stats
     if key not in _COMPILED:
-        def fused(rule, max_spikes, v, s, inp, lam, tm1, dead, bias):
-            out, emitted, fired, theta = if_step(rule, max_spikes, v, s, inp, lam, tm1, dead, bias)
+        def fused(rule, max_spikes, v, s, inp, lam, inv_tm1, dead, bias, inv_lam):
+            out, emitted, fired, theta = if_step(rule, max_spikes, v, s, inp, lam, inv_tm1, dead, bias,
+                                                 inv_lam=inv_lam)
             return (out, fired, theta) if with_stats else (out,)
 
         _COMPILED[key] = torch.compile(fused, dynamic=True)
     return _COMPILED[key]
 
 
-def _run_compiled(neuron: "IFNeuron", inp, lam, tm1):
+def _run_compiled(neuron: "IFNeuron", inp, lam, inv_tm1):
     """The fused step, or None (and eager from then on) when torch.compile cannot build it here."""
     global _COMPILE_FAILED
     if _COMPILE_FAILED:
@@ -120,7 +125,8 @@ def _run_compiled(neuron: "IFNeuron", inp, lam, tm1):
         return None
     stats = bool(neuron._hooks)
     fused = _compiled_step(with_stats=stats)
-    args = (neuron.rule, neuron.max_spikes, neuron.v, neuron.s, inp, lam, tm1, neuron._dead, neuron.bias)
+    args = (neuron.rule, neuron.max_spikes, neuron.v, neuron.s, inp, lam, inv_tm1, neuron._dead, neuron.bias,
+            neuron._inv_lam)
     if stats in _COMPILE_WORKED:
         return fused(*args)
     v0 = neuron.v.clone()  # the first call may fail half-way: keep the state to fall back on
@@ -262,6 +268,8 @@ class IFNeuron(StepModule):
         self.register_state("s", running=True)  # running sum of residuals (DTT)
         self.register_state("t", 0, running=True)  # steps since the last reset
         self.register_state("_dead")
+        self.register_state("_lam")  # lam with dead channels set to 1, and its reciprocal (per batch)
+        self.register_state("_inv_lam")
 
     @property
     def method(self) -> str:
@@ -314,6 +322,8 @@ class IFNeuron(StepModule):
         if self.v is None:
             dead = self.lam == 0  # a never-active layer or channel stays silent, never NaN
             self._dead = dead if bool(dead.any()) else None
+            self._lam = self.lam if self._dead is None else self.lam.masked_fill(self._dead, 1.0)
+            self._inv_lam = self._lam.reciprocal()  # once per batch: the step multiplies by it
             v0 = self.v_init
             self.v = torch.full_like(inp, v0) if isinstance(v0, float) else v0.to(inp.dtype).expand_as(inp).clone()
             if self.rule.needs_mean and self.s is None:
@@ -324,20 +334,20 @@ class IFNeuron(StepModule):
             self.s = self.s[: inp.shape[0]].contiguous()
         self.t += 1
         t = self.t
-        lam = self.lam if self._dead is None else self.lam.masked_fill(self._dead, 1.0)
-        tm1 = None if t == 1 else torch.full((), float(t - 1), dtype=inp.dtype, device=inp.device)
+        lam = self._lam
+        inv_tm1 = None if t == 1 else torch.full((), 1.0 / (t - 1), dtype=inp.dtype, device=inp.device)
         gated = self.sc is not None and self.sc.active(t)
         res = None
         if self.compiled and not gated:
-            res = _run_compiled(self, inp, lam, tm1)
+            res = _run_compiled(self, inp, lam, inv_tm1)
         if res is not None:
             out, fired, theta = res if len(res) == 3 else (res[0], None, None)
             emitted = fired
         else:
             gate = self.sc.gate(self.max_spikes) if gated else None
             by_emitted = not gated or self.sc.reset_mode == "emitted"
-            out, emitted, fired, theta = if_step(self.rule, self.max_spikes, self.v, self.s, inp, lam, tm1,
-                                                 self._dead, self.bias, gate, by_emitted)
+            out, emitted, fired, theta = if_step(self.rule, self.max_spikes, self.v, self.s, inp, lam, inv_tm1,
+                                                 self._dead, self.bias, gate, by_emitted, self._inv_lam)
         for hook in self._hooks.values():
             hook.on_step(self, t, theta, fired, emitted)
         return out

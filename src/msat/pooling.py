@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .neurons import StepModule
+
+_FUSED = {}
+
+
+def _pool_step(X: torch.Tensor, Y: torch.Tensor, x: torch.Tensor, kernel_size, stride, padding, ceil_mode: bool):
+    """One LIPool step after the first: ``X += x``; returns ``(maxpool(X) - Y, maxpool(X))``."""
+    X.add_(x)
+    m = F.max_pool2d(X, kernel_size, stride, padding, 1, ceil_mode)
+    return m - Y, m
+
+
+def _fused_pool_step():
+    """``_pool_step`` compiled: the add, the window max and the difference in one pass
+    (max and subtraction round as in eager mode, so the outputs are the same bits); None
+    when torch.compile cannot build it here."""
+    if "fn" not in _FUSED:
+        _FUSED["fn"] = torch.compile(_pool_step, dynamic=True)
+    return _FUSED["fn"]
 
 
 class LIPool(StepModule):
@@ -30,6 +50,7 @@ class LIPool(StepModule):
         self.dilation = dilation
         self.ceil_mode = bool(ceil_mode)
         self.dims = dims
+        self.compiled = False  # the fused step (2-D, no dilation), as the neurons' sim.compile
         self.register_state("X")  # cumulative input
         self.register_state("Y")  # cumulative output per window
 
@@ -50,6 +71,19 @@ class LIPool(StepModule):
             self.X = x.clone()
             self.Y = self._pool(self.X)
             return self.Y
+        if self.compiled and self.dims == 2 and self.dilation in (1, (1, 1)) and not _FUSED.get("failed"):
+            X0 = self.X.clone() if "worked" not in _FUSED else None  # the first call may fail half-way
+            try:
+                y, self.Y = _fused_pool_step()(self.X, self.Y, x, self.kernel_size, self.stride, self.padding,
+                                               self.ceil_mode)
+                _FUSED["worked"] = True
+                return y
+            except Exception as exc:  # no C++ compiler / Triton here: eager from now on
+                _FUSED["failed"] = True
+                warnings.warn(f"the fused LIPool step could not be compiled ({type(exc).__name__}: {exc}); "
+                              f"running eager", stacklevel=2)
+                if X0 is not None:
+                    self.X = X0
         self.X.add_(x)
         m = self._pool(self.X)  # the max of each window's cumulative input
         y = m - self.Y

@@ -96,11 +96,11 @@ def neuron_count(snn: SpikingNetwork, x: torch.Tensor) -> int:
         try:
             with torch.no_grad():
                 snn.reset()
-                was = [n.compiled for n in snn.neurons]
+                was = [(m, m.compiled) for m in snn.modules() if hasattr(m, "compiled")]
                 snn._use_compiled(False)
                 snn(x[:1])
-                for n, c in zip(snn.neurons, was):
-                    n.compiled = c
+                for m, c in was:
+                    m.compiled = c
         finally:
             for h in handles:
                 h.remove()

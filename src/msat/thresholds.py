@@ -119,26 +119,33 @@ class Adaptive(ThresholdRule):
         return hp
 
     def theta(self, x, d):
-        # sigmoid(DTT + DET) = 1 / (1 + exp(-DTT) * exp(-DET)), with
-        #   exp(-DTT) = exp(-tau_mp * (alpha*d + V_T)) * (1 + exp(d/k_i)) ** (-tau_mp * k_a)
-        # (Eq. 15-18): one exp fewer and no log than the literal form, the same function; the
-        # limits hold (exp overflowing to inf gives theta -> 0 or 1, never NaN).
+        # sigmoid(DTT + DET) = 1 / (1 + exp(-DTT - DET)) (Eq. 15-18), with
+        #   exp(-DTT) = exp(-tau_mp * (alpha*d + V_T)) / P,   P = (1 + exp(d/k_i)) ** (tau_mp*k_a),
+        # is theta = P / (P + exp(e)), e = -tau_mp*(alpha*d + V_T) - DET: the literal form's
+        # function with three exp, no log and a single division per neuron (a vector division
+        # costs several multiplications; the update is compute-bound). Limits: exp(e) = inf
+        # gives 0; P is clamped to the largest finite value, so that a d/k_i beyond exp's
+        # range (about 88 in float32) gives 1, never inf/inf.
         e = None
-        p = None
+        P = None
         if self.use_dtt:
             e = d.mul(self.alpha).add_(self.V_T).mul_(-self.tau_mp)  # -tau_mp * (alpha*d + V_T)
-            q = torch.exp(d if self.k_i == 1.0 else d / self.k_i).add_(1.0)  # 1 + exp(d / k_i)
+            P = torch.exp(d if self.k_i == 1.0 else d.mul_(1.0 / self.k_i)).add_(1.0)  # 1 + exp(d / k_i)
+            P.clamp_(max=torch.finfo(P.dtype).max)
             power = self.tau_mp * self.k_a
-            p = q.reciprocal_() if power == 1.0 else q.rsqrt_() if power == 0.5 else q.pow_(-power)
+            if power == 0.5:
+                P.sqrt_()
+            elif power != 1.0:
+                P.pow_(power)
         if self.use_det:
             # DET = tau_rd * exp(-x_t / C)   (Eq. 18; tau_rd once, as the released code)
             tau = self.tau_rd * self.tau_rd if self.tau_rd_twice else self.tau_rd
-            det = torch.exp(x / -self.C)
+            det = torch.exp(x * (-1.0 / self.C))
             e = det.mul_(-tau) if e is None else e.sub_(det.mul_(tau))
         en = torch.exp(e)
-        if p is not None:
-            en.mul_(p)
-        return en.add_(1.0).reciprocal_()
+        if P is None:
+            return en.add_(1.0).reciprocal_()
+        return torch.div(P, en.add_(P), out=en)
 
 
 @register_rule("msat")
