@@ -115,3 +115,36 @@ def ckpt_root(digits_run, tmp_path):
     ck.mkdir(parents=True)
     shutil.copy(src / "checkpoints/digits/vgg16_w0.25_s0/last.pt", ck / "last.pt")
     return tmp_path
+
+
+def wandb_offline_history(run_file) -> dict:
+    """The last value logged under each key of an offline W&B run, read from its ``run-*.wandb``
+    file (a LevelDB-style log of protobuf records: a 7-byte file header, then 32 KiB blocks of
+    chunks, each with a 7-byte header: CRC, length, type). Images come back as their JSON."""
+    import json as _json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(run_file).read_bytes()
+    assert data[:4] == b":W&B", f"{run_file}: not a W&B run file"
+    block, pos, buf, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        if length == 0 and kind == 0:
+            break
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a full record, or the last chunk of one
+            records.append(buf)
+            buf = b""
+    last = {}
+    for raw in records:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == "history":
+            for item in rec.history.item:
+                last[item.key or "/".join(item.nested_key)] = _json.loads(item.value_json)
+    return last

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import cli, compose
+from conftest import cli, compose, wandb_offline_history
 from msat.checkpoint import CheckpointError, atomic_save, safe_load
 from msat.tasks import run_convert, run_evaluate
 
@@ -135,6 +135,38 @@ def test_cli_evaluate_with_wandb_offline(ckpt_root):
     runs = list((ckpt_root / "run" / "wandb").glob("offline-run-*"))
     assert runs, "no offline W&B run was written"
     assert "T=4" in r.stdout and "T=8" in r.stdout
+
+
+def test_cli_diagnostics_writes_curves_heatmap_and_wandb_keys(ckpt_root):
+    """``evaluate.py eval.diagnostics=true`` on the bundled digits: the layer-error curves in
+    results.json, the heatmap and per-layer PNGs, and the same numbers under W&B keys."""
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": str(ckpt_root), "WANDB_SILENT": "true"}
+    run = ckpt_root / "diag"
+    r = cli("evaluate.py", *FAST, "method=msat", "eval.diagnostics=true", f"paths.root={ckpt_root}",
+            f"hydra.run.dir={run}", cwd=ckpt_root, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((run / "results.json").read_text())
+    diag = res["diagnostics"]
+    L = len(res["layers"])
+    assert diag["names"] == res["layers"] and L == 13
+    for key in ("rel_l2", "qc", "sin"):
+        assert len(diag[key]) == L and all(len(c) == 8 for c in diag[key]), key
+    # the split of Eq. 5 holds in what the CLI wrote
+    for rel, qc, sin in zip(diag["rel_l2"], diag["qc"], diag["sin"]):
+        for a, b, c in zip(rel, qc, sin):
+            assert a ** 2 == pytest.approx(b ** 2 + c ** 2, rel=1e-4, abs=1e-9)
+    for png in ("layer_errors.png", "layer_errors_rel_l2.png"):
+        assert (run / png).stat().st_size > 1000, png
+    # W&B: the offline run's history holds every error curve (its last step checked) and both images
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    logged = wandb_offline_history(files[0])
+    for key in ("rel_l2", "qc", "sin"):
+        for i in range(L):
+            assert logged[f"errors/{key}_{i}"] == pytest.approx(diag[key][i][-1], rel=1e-6), (key, i)
+    assert logged["timestep"] == 8
+    for img in ("plot/layer_errors", "plot/layer_errors_rel_l2"):
+        assert logged[f"{img}/_type"] == "image-file", img
 
 
 @pytest.mark.slow

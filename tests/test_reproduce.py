@@ -130,13 +130,21 @@ def test_quick_mode_end_to_end(tmp_path):
                                                                          "msat", "msat_sc") else 6)
         lo, hi = c["ci95"]["8"]
         assert lo <= c["acc"][7] <= hi
+    from msat.reproduce import LEVERS
+
     details = json.loads((out / "details.json").read_text())
     assert "8" in details["paired_tests_vs_msat"]["const"]
     tables = (out / "tables.md").read_text()
     assert "Table 4" in tables and "paper: MSAT" in tables and "Paired tests" in tables and "QCFS net" in tables
     assert 0.0 <= details["qcfs"]["ann_acc_full"] <= 100.0 and details["qcfs"]["levels"] == 4
     assert "qcfs" in details["paired_tests_vs_msat"]
-    from msat.reproduce import LEVERS
+    # paired tests against MSAT, the best lever and the search's winner, each in its own table
+    refs = details["paired_tests"]
+    assert set(refs) - {"msat", "search_T8"} <= set(LEVERS) and {"msat", "search_T8"} < set(refs) and len(refs) == 3
+    assert refs["msat"]["tests"] == details["paired_tests_vs_msat"]
+    assert "msat" in refs["search_T8"]["tests"] and "held-out training images" in refs["search_T8"]["why"]
+    for ref in refs:
+        assert f"## Paired tests against `{ref}`" in tables
 
     diag = details["diagnostics"]
     assert {"const", "msat", "msat_sc"} < set(diag) and len(set(diag) - {"const", "msat", "msat_sc"} & set(LEVERS)) == 1
