@@ -51,6 +51,25 @@ def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
                  "calibration.passes=20"]
 
 
+def test_a_run_with_other_settings_is_neither_reused_nor_gathered(tmp_path, monkeypatch):
+    """A label's run dir left by another definition of the label (an earlier search's winner
+    under the same name) must be rerun, not reused."""
+    import msat.reproduce as rp
+
+    monkeypatch.setitem(rp.METHODS, "search_T64", ["method=const", "method.correction=light"])
+    d = tmp_path / "eval" / "search_T64"
+    d.mkdir(parents=True)
+    from msat.checkpoint import atomic_save
+
+    atomic_save({"format_version": 1, "kind": "predictions", "steps": [1], "correct": torch.ones(2, 1, dtype=torch.bool)},
+                d / "predictions.pt")
+    for command, reused in (("python evaluate.py eval.T=8 method=msat calibration.percentile=0.999", False),
+                            ("python evaluate.py eval.T=8 method=const method.correction=light", True)):
+        (d / "results.json").write_text(json.dumps({"command": command, "n_samples": 2}))
+        assert (rp.finished_run(d, "search_T64") is not None) is reused, command
+        assert ("search_T64" in rp.gather(tmp_path, ["search_T64"])) is reused, command
+
+
 def test_one_run_per_distinct_search_winner(tmp_path):
     from msat.reproduce import search_methods
 

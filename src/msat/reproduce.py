@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -121,9 +122,20 @@ def run_overrides(args, spec: dict, label: str) -> list[str]:
     return _override(common, **{k.replace(".", "__"): v for k, v in (o.split("=", 1) for o in METHODS[label])})
 
 
+def finished_run(d: Path, label: str) -> Optional[dict]:
+    """The results of the finished run in ``d`` if it ran ``label``'s settings (its recorded
+    command holds every override of ``METHODS[label]``), else None: a run left by another
+    definition of the label (e.g. an earlier search's winner) is not reused."""
+    if not ((d / "results.json").exists() and (d / "predictions.pt").exists()):
+        return None
+    res = json.loads((d / "results.json").read_text())
+    tokens = set(shlex.split(res.get("command", ""))[2:])
+    return res if all(o in tokens for o in METHODS.get(label, [])) else None
+
+
 def run_one(args, spec: dict, label: str) -> tuple[str, float, Optional[str]]:
     out = Path(args.runs) / "eval" / label
-    if (out / "results.json").exists() and (out / "predictions.pt").exists() and not args.force:
+    if not args.force and finished_run(out, label) is not None:
         return label, 0.0, None
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO / "evaluate.py"), *run_overrides(args, spec, label)]
@@ -181,8 +193,11 @@ def gather(runs: Path, labels: Sequence[str]) -> dict[str, dict]:
     found = {}
     for label in labels:
         d = runs / "eval" / label
-        if (d / "results.json").exists() and (d / "predictions.pt").exists():
-            res = json.loads((d / "results.json").read_text())
+        res = finished_run(d, label)
+        if res is None and (d / "results.json").exists():
+            print(f"[reproduce] {label}: the run in {d} has other settings than {METHODS.get(label)}; not gathered",
+                  file=sys.stderr)
+        if res is not None:
             pred = safe_load(d / "predictions.pt", "predictions file")
             found[label] = {"res": res, "steps": list(pred["steps"]), "correct": pred["correct"]}
     return found
