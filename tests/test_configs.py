@@ -82,3 +82,11 @@ def test_wandb_sweep_parameters_are_valid_overrides(tmp_path):
     cfg = compose(fixed + [f"{k}=0.5" for k in sweep["parameters"]], tmp_path)
     assert cfg.method.hparams.alpha == 0.5 and cfg.method.hparams.tau_rd == 0.5
     assert f"acc_T{sweep['metric']['name'].split('T')[-1]}" == sweep["metric"]["name"]
+
+
+def test_the_recorded_commit_is_the_one_loaded():
+    """A multirun that outlives a commit records the code it loaded (read once per process)."""
+    import msat.tasks  # noqa: F401  (pins the commit at import)
+    from msat.tracking import _COMMIT, git_commit
+
+    assert _COMMIT and git_commit() is _COMMIT[0]
