@@ -68,6 +68,11 @@ def test_a_run_with_other_settings_is_neither_reused_nor_gathered(tmp_path, monk
         (d / "results.json").write_text(json.dumps({"command": command, "n_samples": 2}))
         assert (rp.finished_run(d, "search_T64") is not None) is reused, command
         assert ("search_T64" in rp.gather(tmp_path, ["search_T64"])) is reused, command
+    # a checkpoint path is compared by file name: another checkout's run of the same file is reused
+    monkeypatch.setitem(rp.METHODS, "qcfs", ["method=qcfs", "calibration.checkpoint=/here/docs/qcfs.pt"])
+    (d / "results.json").write_text(json.dumps({"command": "python evaluate.py method=qcfs "
+                                                           "calibration.checkpoint=/elsewhere/docs/qcfs.pt"}))
+    assert rp.finished_run(d, "qcfs") is not None
 
 
 def test_one_run_per_distinct_search_winner(tmp_path):

@@ -124,13 +124,20 @@ def run_overrides(args, spec: dict, label: str) -> list[str]:
 
 def finished_run(d: Path, label: str) -> Optional[dict]:
     """The results of the finished run in ``d`` if it ran ``label``'s settings (its recorded
-    command holds every override of ``METHODS[label]``), else None: a run left by another
-    definition of the label (e.g. an earlier search's winner) is not reused."""
+    command holds every override of ``METHODS[label]``; paths compared by file name), else
+    None: a run left by another definition of the label (e.g. an earlier search's winner) is
+    not reused."""
     if not ((d / "results.json").exists() and (d / "predictions.pt").exists()):
         return None
     res = json.loads((d / "results.json").read_text())
-    tokens = set(shlex.split(res.get("command", ""))[2:])
-    return res if all(o in tokens for o in METHODS.get(label, [])) else None
+    tokens = {_norm(t) for t in shlex.split(res.get("command", ""))[2:]}
+    return res if all(_norm(o) in tokens for o in METHODS.get(label, [])) else None
+
+
+def _norm(override: str) -> str:
+    """An override with a path value compared by the file's name (checkouts differ in where they live)."""
+    key, sep, value = override.partition("=")
+    return f"{key}={Path(value).name}" if sep and "/" in value else override
 
 
 def run_one(args, spec: dict, label: str) -> tuple[str, float, Optional[str]]:
@@ -270,12 +277,12 @@ def references(found: dict) -> dict[str, str]:
     refs = {"msat": "MSAT, the paper's method"}
     lever = best_lever(found)
     if lever:
-        refs[lever] = "the best beyond-the-paper lever at T = 32 (chosen on these test images)"
+        refs[lever] = "the best beyond-the-paper lever at T = 32, chosen on these test images"
     searched = [lab for lab in found if lab.startswith("search_")]
     winner = next((lab for lab in searched if "T32" in lab.split("_")), searched[0] if searched else None)
     if winner:
         at = "T = 32" if "T32" in winner.split("_") else "its steps"
-        refs[winner] = f"the fewest-steps search's winner at {at} (chosen on held-out training images)"
+        refs[winner] = f"the fewest-steps search's winner at {at}, chosen on held-out training images"
     return {lab: why for lab, why in refs.items() if lab in found}
 
 
@@ -388,7 +395,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                "paired_tests": {ref: {"why": refs[ref], "tests": t} for ref, t in tests.items()},
                "methods": {lab: METHODS[lab] for lab in found},
                "per_method": {lab: {k: r["res"].get(k) for k in ("ann_acc", "firing_rate", "firing_rate_mean", "energy",
-                                                                 "sin", "readout_start", "compiled", "command", "artifact")}
+                                                                 "sin", "readout_start", "compiled", "command", "artifact",
+                                                                 "commit")}
                               for lab, r in found.items()}}
     if args.qcfs_checkpoint:
         details["qcfs"] = {"checkpoint": args.qcfs_checkpoint, "ann_acc_full": ann_full_accuracy(

@@ -36,7 +36,7 @@ def tables(summary: dict, found: dict, tests: dict, steps, refs: dict | None = N
     for ref, per_ref in tests.items():
         if not per_ref:
             continue
-        why = f" ({refs[ref]})" if refs and ref in refs else ""
+        why = f": {refs[ref]}" if refs and ref in refs else ""
         lines += ["", f"## Paired tests against `{ref}`{why}", "",
                   f"McNemar exact; p adjusted by Holm over every method and step of this table. Cells: accuracy of "
                   f"the method minus `{ref}`'s, in points, on the images both saw (the smaller subset where the two "
