@@ -234,11 +234,11 @@ def main() -> None:
     methods = args.methods.split(",")
 
     contenders = {"dense": run_dense(model, x, args.T)}
-    for m in methods:
-        contenders[f"{m} eager"] = run_ours(ann, lam, m, x, args.T, 1, False, hp_row)
+    for m in methods:  # the default first, eager last: eager's many temporaries leave the heap to the next one
+        contenders[f"{m} default"] = run_ours(ann, lam, m, x, args.T, 1, "auto", hp_row)
         if not args.no_compile:
             contenders[f"{m} compiled"] = run_ours(ann, lam, m, x, args.T, 1, True, hp_row)
-        contenders[f"{m} default"] = run_ours(ann, lam, m, x, args.T, 1, "auto", hp_row)
+        contenders[f"{m} eager"] = run_ours(ann, lam, m, x, args.T, 1, False, hp_row)
         if args.layer_major:
             contenders[f"{m} layer-major"] = run_ours(ann, lam, m, x, args.T, args.chunk, "auto", hp_row)
     if not args.no_spikingjelly:
@@ -264,9 +264,11 @@ def main() -> None:
     work = args.batch * args.T
     print(f"{args.net} width {args.width}, batch {args.batch}, T={args.T}, device {device}, {args.threads} thread(s), "
           f"median of {args.rounds} interleaved rounds ({'thread' if device.type == 'cpu' else 'wall'} time)")
-    print(f"{'contender':<20}{'time (s)':>10}{'images*steps/s':>16}{'vs dense':>10}{'first call (s, wall)':>22}")
+    print(f"{'contender':<20}{'time (s)':>10}{'min-max (s)':>14}{'images*steps/s':>16}{'vs dense':>10}"
+          f"{'first call (s, wall)':>22}")
     for k, v in med.items():
-        print(f"{k:<20}{v:>10.3f}{work / v:>16.1f}{v / med['dense']:>10.3f}{warm[k]:>22.1f}")
+        spread = f"{min(times[k]):.2f}-{max(times[k]):.2f}"
+        print(f"{k:<20}{v:>10.3f}{spread:>14}{work / v:>16.1f}{v / med['dense']:>10.3f}{warm[k]:>22.1f}")
     for m in methods:
         snn = build_snn(ann, lam, m, None if m == "const" else msat.TABLE2[hp_row])
         upd = neuron_count(snn, x) * args.T
