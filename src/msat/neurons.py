@@ -108,6 +108,12 @@ def _compiled_step(with_stats: bool):
     floats and ``t - 1`` are dynamic inputs, so one compilation serves every layer."""
     key = with_stats
     if key not in _COMPILED:
+        # one compiled variant per rule class, burst, bias, dead mask and first step: a sweep over
+        # the levers in one process (msat.search) needs more than dynamo's default of 8 before it
+        # would fall back to eager for the rest
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
         def fused(rule, max_spikes, v, s, inp, lam, inv_tm1, dead, bias, inv_lam):
             out, emitted, fired, theta = if_step(rule, max_spikes, v, s, inp, lam, inv_tm1, dead, bias,
                                                  inv_lam=inv_lam)

@@ -42,7 +42,10 @@ EVAL_METHODS: dict[str, dict] = {
     "const": dict(method="const"),
     "msat": dict(method="msat", hparams=VGG),
     "msat_sc": dict(method="msat", hparams=VGG, sc={"p": None, "early_steps": 16, "layers": "last"}),
-    "msat_p99.9": dict(method="msat", hparams=VGG, percentile=0.999),
+    # the CPU study's best beyond-the-paper lever at T = 32, and the fewest-steps search's T = 32 winner
+    # (docs/results/cifar10/README.md)
+    "msat_v0.5_p99.9": dict(method="msat", hparams=VGG, percentile=0.999, v_init=0.5),
+    "search_T32": dict(method="const", percentile=0.999, v_init=0.5, correction="light", T=32),
     "const_0.5": dict(method="const", hparams={"frac": 0.5}),
     "const_0.2": dict(method="const", hparams={"frac": 0.2}),
     "dtt": dict(method="dtt", hparams=VGG),
