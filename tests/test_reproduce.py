@@ -73,6 +73,9 @@ def test_a_run_with_other_settings_is_neither_reused_nor_gathered(tmp_path, monk
     (d / "results.json").write_text(json.dumps({"command": "python evaluate.py method=qcfs "
                                                            "calibration.checkpoint=/elsewhere/docs/qcfs.pt"}))
     assert rp.finished_run(d, "qcfs") is not None
+    # a diagnostics run saves no predictions: it is checked on its command alone
+    (d / "predictions.pt").unlink()
+    assert rp.finished_run(d, "qcfs") is None and rp.finished_run(d, "qcfs", predictions=False) is not None
 
 
 def test_one_run_per_distinct_search_winner(tmp_path):

@@ -122,12 +122,12 @@ def run_overrides(args, spec: dict, label: str) -> list[str]:
     return _override(common, **{k.replace(".", "__"): v for k, v in (o.split("=", 1) for o in METHODS[label])})
 
 
-def finished_run(d: Path, label: str) -> Optional[dict]:
+def finished_run(d: Path, label: str, predictions: bool = True) -> Optional[dict]:
     """The results of the finished run in ``d`` if it ran ``label``'s settings (its recorded
     command holds every override of ``METHODS[label]``; paths compared by file name), else
     None: a run left by another definition of the label (e.g. an earlier search's winner) is
     not reused."""
-    if not ((d / "results.json").exists() and (d / "predictions.pt").exists()):
+    if not ((d / "results.json").exists() and (not predictions or (d / "predictions.pt").exists())):
         return None
     res = json.loads((d / "results.json").read_text())
     tokens = {_norm(t) for t in shlex.split(res.get("command", ""))[2:]}
@@ -303,7 +303,7 @@ def diagnostics(args, spec: dict, found: dict, out: Path) -> dict:
     res = {}
     for label in labels:
         d = Path(args.runs) / "diag" / label
-        if not (d / "results.json").exists() or args.force:
+        if args.force or finished_run(d, label, predictions=False) is None:
             d.mkdir(parents=True, exist_ok=True)
             o = _override(run_overrides(args, spec, label), eval__diagnostics="true", eval__save_predictions="false",
                           eval__sin="false", eval__max_samples=min(args.diag_images, args.n_images),
