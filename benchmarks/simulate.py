@@ -105,13 +105,12 @@ def run_dense(model, x, T):
 
 
 def run_spikingjelly(model, calib, x, T):
-    from spikingjelly.activation_based import ann2snn, functional
+    from msat.gpu.speed import spikingjelly_net  # the converter call the GPU plan times too
 
-    net = ann2snn.Converter(recipe=ann2snn.RateCodingRecipe(dataloader=calib, mode="Max"), device=x.device).convert(model)
-    net.eval()
+    net, reset_net = spikingjelly_net(model, calib, x.device)
 
     def go():
-        functional.reset_net(net)
+        reset_net(net)
         total = net(x)
         for _ in range(1, T):
             total = total + net(x)
