@@ -246,9 +246,51 @@ def test_fused_lipool_gives_the_same_bits_as_eager():
         a = torch.stack([eager(x) for x in xs])
         b = torch.stack([fused(x) for x in xs])
         assert torch.equal(a, b), kw
+    import msat.neurons as neurons
+
+    assert ("LIPool step",) in neurons._COMPILE_WORKED and not neurons._COMPILE_FAILED  # it ran fused, no fallback
+    assert fused.compiled
+
+
+def test_a_fused_step_that_cannot_compile_falls_back_to_eager(monkeypatch):
+    """Where torch.compile fails (no compiler), the first fused call's half-done update is
+    undone, one warning says so, and neurons and LIPool run eager with the eager results."""
+    import msat.neurons as neurons
     import msat.pooling as pooling
 
-    assert pooling._FUSED.get("worked") and not pooling._FUSED.get("failed")  # it ran fused, no fallback
+    def broken(state_arg):  # a half-done in-place update of the state, then the failure
+        def fused(*args):
+            args[state_arg].add_(1.0)
+            raise RuntimeError("no compiler")
+
+        return fused
+
+    monkeypatch.setattr(neurons, "_COMPILE_FAILED", False)
+    monkeypatch.setattr(neurons, "_COMPILE_WORKED", set())
+    monkeypatch.setattr(neurons, "_compiled_step", lambda with_stats: broken(2))  # (rule, max_spikes, v, ...)
+    monkeypatch.setattr(pooling, "_fused_pool_step", lambda: broken(0))  # (X, Y, x, ...)
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 3, 5)).double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    snn = msat.convert(net, [x], method="msat", hparams=msat.TABLE2["vgg16"])
+    snn.set_compile(False)
+    eager = msat.simulate(snn, x, 6)
+    snn.set_compile(True)
+    with pytest.warns(UserWarning, match="could not be compiled") as caught:
+        fallen = msat.simulate(snn, x, 6)
+    assert len([w for w in caught if "could not be compiled" in str(w.message)]) == 1
+    assert torch.equal(fallen, eager) and neurons._COMPILE_FAILED
+    assert not any(m.compiled for m in snn.modules() if isinstance(m, (neurons.IFNeuron, LIPool)))
+    # a pool alone: its cumulative input is restored too
+    monkeypatch.setattr(neurons, "_COMPILE_FAILED", False)
+    xs = torch.rand(4, 1, 2, 4, 4, dtype=torch.float64)
+    plain, failing = LIPool(2), LIPool(2)
+    failing.compiled = True
+    a = torch.stack([plain(x) for x in xs])
+    with pytest.warns(UserWarning, match="fused LIPool step could not be compiled"):
+        b = torch.stack([failing(x) for x in xs])
+    assert torch.equal(a, b) and not failing.compiled
 
 
 def test_lipool_multistep_matches_single_steps():

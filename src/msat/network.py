@@ -229,10 +229,12 @@ class SpikingNetwork(nn.Module):
         if enabled != "auto":
             self._use_compiled(bool(enabled))
 
-    def _use_compiled(self, on: bool) -> None:
-        for m in self.modules():
-            if isinstance(m, (IFNeuron, LIPool)):
-                m.compiled = on
+    def _use_compiled(self, on: bool) -> list[tuple[nn.Module, bool]]:
+        """Set the fused step on or off in every neuron and LIPool; returns their flags before."""
+        before = [(m, m.compiled) for m in self.modules() if isinstance(m, (IFNeuron, LIPool))]
+        for m, _ in before:
+            m.compiled = on
+        return before
 
 
 def sc_layer_indices(layers: str | Sequence[int], L: int) -> list[int]:

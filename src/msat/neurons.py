@@ -125,35 +125,42 @@ def _compiled_step(with_stats: bool):
 
 def _run_compiled(neuron: "IFNeuron", inp, lam, inv_tm1):
     """The fused step, or None (and eager from then on) when torch.compile cannot build it here."""
-    global _COMPILE_FAILED
-    if _COMPILE_FAILED:
-        neuron.compiled = False
-        return None
     stats = bool(neuron._hooks)
-    fused = _compiled_step(with_stats=stats)
     args = (neuron.rule, neuron.max_spikes, neuron.v, neuron.s, inp, lam, inv_tm1, neuron._dead, neuron.bias,
             neuron._inv_lam)
-    if stats in _COMPILE_WORKED:
+    res = run_fused(("neuron update", stats), _compiled_step(with_stats=stats), args, (neuron.v, neuron.s))
+    if res is None:
+        neuron.compiled = False
+    return res
+
+
+def run_fused(key: tuple, fused: Callable, args: tuple, state: tuple):
+    """``fused(*args)``, or None when torch.compile cannot build it here; then every fused step
+    (the neurons' and LIPool's) runs eager from now on, with one warning. The first call of a
+    ``key`` (its name first) may fail half-way, so the tensors of ``state``, which it updates in
+    place, are kept and restored."""
+    global _COMPILE_FAILED
+    if _COMPILE_FAILED:
+        return None
+    if key in _COMPILE_WORKED:
         return fused(*args)
-    v0 = neuron.v.clone()  # the first call may fail half-way: keep the state to fall back on
-    s0 = None if neuron.s is None else neuron.s.clone()
+    saved = [None if t is None else t.clone() for t in state]
     try:
         res = fused(*args)
-        _COMPILE_WORKED.add(stats)
-        return res
     except Exception as exc:  # no C++ compiler / Triton, an unsupported platform, ...
         _COMPILE_FAILED = True
-        warnings.warn(f"the fused neuron update could not be compiled ({type(exc).__name__}: {exc}); "
-                      f"running eager from now on (sim.compile=false avoids the attempt)", stacklevel=3)
-        neuron.v.copy_(v0)
-        if s0 is not None:
-            neuron.s.copy_(s0)
-        neuron.compiled = False
+        warnings.warn(f"the fused {key[0]} could not be compiled ({type(exc).__name__}: {exc}); "
+                      f"running eager from now on (sim.compile=false avoids the attempt)", stacklevel=4)
+        for t, copy in zip(state, saved):
+            if t is not None:
+                t.copy_(copy)
         return None
+    _COMPILE_WORKED.add(key)
+    return res
 
 
 _COMPILE_FAILED = False
-_COMPILE_WORKED: set = set()
+_COMPILE_WORKED: set = set()  # the keys of run_fused whose first call compiled
 
 
 # ----------------------------------------------------------------- state

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .neurons import StepModule
+from .neurons import StepModule, run_fused
 
-_FUSED = {}
+_FUSED: dict = {}
 
 
 def _pool_step(X: torch.Tensor, Y: torch.Tensor, x: torch.Tensor, kernel_size, stride, padding, ceil_mode: bool):
@@ -21,9 +19,8 @@ def _pool_step(X: torch.Tensor, Y: torch.Tensor, x: torch.Tensor, kernel_size, s
 
 
 def _fused_pool_step():
-    """``_pool_step`` compiled: the add, the window max and the difference in one pass
-    (max and subtraction round as in eager mode, so the outputs are the same bits); None
-    when torch.compile cannot build it here."""
+    """``_pool_step`` compiled: the add, the window max and the difference in one pass (max and
+    subtraction round as in eager mode, so the outputs are the same bits)."""
     if "fn" not in _FUSED:
         _FUSED["fn"] = torch.compile(_pool_step, dynamic=True)
     return _FUSED["fn"]
@@ -71,19 +68,13 @@ class LIPool(StepModule):
             self.X = x.clone()
             self.Y = self._pool(self.X)
             return self.Y
-        if self.compiled and self.dims == 2 and self.dilation in (1, (1, 1)) and not _FUSED.get("failed"):
-            X0 = self.X.clone() if "worked" not in _FUSED else None  # the first call may fail half-way
-            try:
-                y, self.Y = _fused_pool_step()(self.X, self.Y, x, self.kernel_size, self.stride, self.padding,
-                                               self.ceil_mode)
-                _FUSED["worked"] = True
+        if self.compiled and self.dims == 2 and self.dilation in (1, (1, 1)):
+            args = (self.X, self.Y, x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
+            res = run_fused(("LIPool step",), _fused_pool_step(), args, (self.X,))
+            if res is not None:
+                y, self.Y = res
                 return y
-            except Exception as exc:  # no C++ compiler / Triton here: eager from now on
-                _FUSED["failed"] = True
-                warnings.warn(f"the fused LIPool step could not be compiled ({type(exc).__name__}: {exc}); "
-                              f"running eager", stacklevel=2)
-                if X0 is not None:
-                    self.X = X0
+            self.compiled = False
         self.X.add_(x)
         m = self._pool(self.X)  # the max of each window's cumulative input
         y = m - self.Y

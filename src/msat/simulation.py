@@ -96,8 +96,7 @@ def neuron_count(snn: SpikingNetwork, x: torch.Tensor) -> int:
         try:
             with torch.no_grad():
                 snn.reset()
-                was = [(m, m.compiled) for m in snn.modules() if hasattr(m, "compiled")]
-                snn._use_compiled(False)
+                was = snn._use_compiled(False)
                 snn(x[:1])
                 for m, c in was:
                     m.compiled = c
