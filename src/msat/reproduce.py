@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from .checkpoint import load_ann_checkpoint, load_model, safe_load
-from .data import CIFAR10_NORMALIZATION
+from .data import CIFAR10_NORMALIZATION, build_splits
 from .reproduce_tables import figures, tables
 from .stats import holm, mcnemar, verdict, wilson_interval
 
@@ -157,15 +157,11 @@ def run_one(args, spec: dict, label: str) -> tuple[str, float, Optional[str]]:
     return label, time.time() - t0, err
 
 
-NORMALIZATION = CIFAR10_NORMALIZATION
-
-
 def cifar10_splits(data: Path, test_limit: Optional[int] = None, train_limit: Optional[int] = None):
     """The JPEG tree as evaluate.py reads it (conf/dataset/cifar10.yaml, test transforms)."""
-    from .data import build_splits
-
     cfg = {"name": "cifar10", "root": str(data), "format": "imagefolder", "image_size": 32, "num_classes": 10,
-           "in_channels": 3, "mean": list(NORMALIZATION["mean"]), "std": list(NORMALIZATION["std"]),
+           "in_channels": 3, "mean": list(CIFAR10_NORMALIZATION["mean"]),
+           "std": list(CIFAR10_NORMALIZATION["std"]),
            "augment": {"crop_padding": 4, "flip": True, "autoaugment": False, "cutout": 0}, "download": False,
            "max_train_samples": train_limit, "max_test_samples": test_limit, "num_workers": 0}
     return build_splits(cfg)
@@ -253,7 +249,7 @@ def summarize_runs(args, spec: dict, ckpt: dict, found: dict[str, dict], ann_acc
     return {
         "ann": {"checkpoint": ckpt_rel, "model": spec["name"], "width": spec["width"],
                 "epochs": int(ckpt.get("epoch", 0)) + int(ckpt.get("init_epochs", 0)),
-                "ann_acc_full": ann_acc, "normalization": NORMALIZATION},
+                "ann_acc_full": ann_acc, "normalization": CIFAR10_NORMALIZATION},
         "curves": curves,
         "hardware": any_res.get("hardware", ""),
         "commit": any_res.get("commit", ""),
