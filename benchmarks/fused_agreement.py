@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from simulate import build  # noqa: E402  (benchmarks/simulate.py)
+
 import msat  # noqa: E402
 
 
@@ -28,13 +30,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     dev = torch.device(args.device)
-    model = msat.create_model("vgg16", 10, 3, args.width).eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_var.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(0.0, 0.3)
+    model = build(args.width, 10, net="vgg16")  # the benchmark's net: random weights, non-trivial BN statistics
     x = torch.randn(args.images, 3, 32, 32)
     snn = msat.convert(model, [x[:128]], method="msat", hparams=msat.TABLE2["vgg16"]).to(dev)
     x = x.to(dev)
