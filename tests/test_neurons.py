@@ -127,6 +127,36 @@ def test_extreme_inputs_give_no_nan():
         assert not torch.isnan(y).any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_exp_floor_changes_no_bit(dtype, monkeypatch):
+    """exp's argument is floored at -60 (speed: no subnormal results); where that matters, exp
+    is added to a number >= 1, so theta keeps every bit, from d and x far beyond exp's range."""
+    from msat import thresholds
+
+    g = torch.Generator().manual_seed(0)
+    vals = torch.cat([torch.randn(20000, generator=g, dtype=dtype) * sc for sc in (0.3, 3, 30, 300, 3000)]
+                     + [torch.linspace(-1000, 1000, 20001, dtype=dtype)])
+    x = vals[torch.randperm(len(vals), generator=g)]
+    for row in TABLE2.values():
+        for rule in (thresholds.MSAT(**row), thresholds.DTT(**row), thresholds.DET(**row)):
+            floored = rule.theta(x.clone(), vals.clone())
+            monkeypatch.setattr(thresholds, "_EXP_FLOOR", -math.inf)
+            exact = rule.theta(x.clone(), vals.clone())
+            monkeypatch.undo()
+            assert torch.equal(floored, exact), type(rule).__name__
+
+
+def test_a_dtt_power_above_one_gives_no_nan():
+    # tau_mp * k_a > 1: (1 + e^d)^power overflows for a large d; theta's limit there is 1, not inf/inf
+    from msat import thresholds
+
+    rule = thresholds.MSAT(**dict(VGG, k_a=1.3, k_i=0.7))
+    d = torch.tensor([-1e4, -50.0, 0.0, 50.0, 100.0, 1e4])
+    theta = rule.theta(torch.zeros(6), d.clone())
+    assert not theta.isnan().any()
+    assert theta[-2:].tolist() == [1.0, 1.0]
+
+
 def test_threshold_argument_errors():
     with pytest.raises(ValueError, match="unknown method"):
         check_threshold_args("adaptive", VGG)
