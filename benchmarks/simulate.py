@@ -23,6 +23,13 @@ above its baseline, which also counts what the C allocator keeps and fragments.
     python benchmarks/simulate.py --net resnet20_thin --batch 64 --T 32
     python benchmarks/simulate.py --device cuda --batch 128 --T 256
 
+On CPU each contender's page faults and kernel (system) time per run are printed too: glibc's
+malloc hands large freed blocks back to the kernel, so every activation of a new step is
+faulted in again, and that counts in thread time. ``--malloc-keep`` (glibc only) raises
+malloc's mmap and trim thresholds before the warm-up, for every contender alike, so that the
+figures are compute alone; the same as ``MALLOC_MMAP_THRESHOLD_=268435456
+MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment.
+
 The last line is machine-readable: for each method, the default mode's throughput
 (images*steps/s) and its time over the dense limit, the same ratio compiled and eager,
 vs_spikingjelly (our const throughput / SpikingJelly's) and mem_ratio (peak tensor memory
@@ -117,6 +124,27 @@ def run_spikingjelly(model, calib, x, T):
         return total
 
     return go
+
+
+def malloc_keep(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> None:
+    """glibc: serve large blocks from the heap and keep freed memory (no page fault per step)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    if not (libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold) and libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)):
+        raise SystemExit("--malloc-keep: mallopt failed (glibc's malloc only)")
+
+
+def _faults_and_sys() -> tuple[float, float]:
+    """This thread's minor page faults and system time so far (Linux; zeros elsewhere)."""
+    try:
+        import resource
+
+        r = resource.getrusage(resource.RUSAGE_THREAD)
+        return float(r.ru_minflt), r.ru_stime
+    except (ImportError, AttributeError, OSError):
+        return 0.0, 0.0
 
 
 def _proc_status(key: str) -> float:
@@ -214,6 +242,8 @@ def main() -> None:
     ap.add_argument("--probe-kind", default="tensor", choices=["tensor", "rss"], help=argparse.SUPPRESS)
     ap.add_argument("--mem-chunk", type=int, default=1, help="steps per call in the memory probe")
     ap.add_argument("--rss", action="store_true", help="CPU: also report the peak RSS (allocator-dependent)")
+    ap.add_argument("--malloc-keep", action="store_true",
+                    help="glibc: keep freed memory in the heap (no page faults), for every contender")
     args = ap.parse_args()
     if args.width is None:
         args.width = 0.25 if args.net == "resnet20_thin" else 1.0
@@ -222,6 +252,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    if args.malloc_keep:
+        malloc_keep()
     if args.chunk is None:
         args.chunk = sim_chunk("auto", device) if device.type == "cuda" else 4
     model = build(args.width, 10, device=device, net=args.net)
@@ -246,6 +278,8 @@ def main() -> None:
         except ImportError:
             print("spikingjelly is not installed (pip install -e '.[bench]'): skipped")
     times: dict[str, list[float]] = {k: [] for k in contenders}
+    faults: dict[str, list[float]] = {k: [] for k in contenders}
+    systime: dict[str, list[float]] = {k: [] for k in contenders}
     warm: dict[str, float] = {}
     with torch.inference_mode():
         for name, fn in contenders.items():  # warm-up; for the compiled contenders this is the compilation
@@ -255,19 +289,25 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, fn in contenders.items():
                 sync(device)
+                f0, s0 = _faults_and_sys()
                 t0 = clock(device)
                 fn()
                 sync(device)
                 times[name].append(clock(device) - t0)
+                f1, s1 = _faults_and_sys()
+                faults[name].append(f1 - f0)
+                systime[name].append(s1 - s0)
     med = {k: statistics.median(v) for k, v in times.items()}
     work = args.batch * args.T
     print(f"{args.net} width {args.width}, batch {args.batch}, T={args.T}, device {device}, {args.threads} thread(s), "
-          f"median of {args.rounds} interleaved rounds ({'thread' if device.type == 'cpu' else 'wall'} time)")
+          f"median of {args.rounds} interleaved rounds ({'thread' if device.type == 'cpu' else 'wall'} time)"
+          + (", malloc keeps freed memory (--malloc-keep)" if args.malloc_keep else ""))
     print(f"{'contender':<20}{'time (s)':>10}{'min-max (s)':>14}{'images*steps/s':>16}{'vs dense':>10}"
-          f"{'first call (s, wall)':>22}")
+          f"{'first call (s, wall)':>22}{'page faults':>13}{'system (s)':>12}")
     for k, v in med.items():
         spread = f"{min(times[k]):.2f}-{max(times[k]):.2f}"
-        print(f"{k:<20}{v:>10.3f}{spread:>14}{work / v:>16.1f}{v / med['dense']:>10.3f}{warm[k]:>22.1f}")
+        print(f"{k:<20}{v:>10.3f}{spread:>14}{work / v:>16.1f}{v / med['dense']:>10.3f}{warm[k]:>22.1f}"
+              f"{statistics.median(faults[k]):>13.0f}{statistics.median(systime[k]):>12.3f}")
     for m in methods:
         snn = build_snn(ann, lam, m, None if m == "const" else msat.TABLE2[hp_row])
         upd = neuron_count(snn, x) * args.T
