@@ -308,6 +308,11 @@ def main() -> None:
         spread = f"{min(times[k]):.2f}-{max(times[k]):.2f}"
         print(f"{k:<20}{v:>10.3f}{spread:>14}{work / v:>16.1f}{v / med['dense']:>10.3f}{warm[k]:>22.1f}"
               f"{statistics.median(faults[k]):>13.0f}{statistics.median(systime[k]):>12.3f}")
+    faulting = [k for k in contenders if statistics.median(faults[k]) > 1000]
+    if faulting and not args.malloc_keep:
+        print(f"note: {', '.join(faulting)} page-faulted (over 1000 faults in the median run: malloc gave "
+              f"freed memory back to the kernel): their ratios include that time; --malloc-keep measures "
+              f"compute alone")
     for m in methods:
         snn = build_snn(ann, lam, m, None if m == "const" else msat.TABLE2[hp_row])
         upd = neuron_count(snn, x) * args.T

@@ -17,6 +17,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,6 +42,14 @@ def per_update(call, make_state, n: int, rounds: int = 5) -> float:
     return statistics.median(ts) * 1e9 / n
 
 
+def _fused_call(fused, rule, inp, lam, inv_tm1, inv_lam, v, s):
+    return fused(rule, 1, v, s, inp, lam, inv_tm1, None, None, inv_lam)
+
+
+def _clones(*tensors):
+    return tuple(t.clone() for t in tensors)
+
+
 def captured(steps=(8, 24)) -> None:
     captures = []
     original = neurons._run_compiled
@@ -63,11 +72,11 @@ def captured(steps=(8, 24)) -> None:
     fused = neurons._compiled_step(False)
     print("1. the compiled update, ns per neuron update (captured state | random state of the same size)")
     for t, rule, v, s, inp, lam, inv_tm1, inv_lam in captures:
-        real = per_update(lambda a, b: fused(rule, 1, a, b, inp, lam, inv_tm1, None, None, inv_lam),
-                          lambda: (v.clone(), s.clone()), v.numel())
+        real = per_update(partial(_fused_call, fused, rule, inp, lam, inv_tm1, inv_lam), partial(_clones, v, s),
+                          v.numel())
         rv, rs, ri = torch.randn_like(v), torch.randn_like(v) * 3, torch.randn_like(v)
-        rand = per_update(lambda a, b: fused(rule, 1, a, b, ri, lam, inv_tm1, None, None, inv_lam),
-                          lambda: (rv.clone(), rs.clone()), v.numel())
+        rand = per_update(partial(_fused_call, fused, rule, ri, lam, inv_tm1, inv_lam), partial(_clones, rv, rs),
+                          v.numel())
         print(f"   t={t:2d} elements {v.numel():8d}: {real:5.2f} | {rand:5.2f}")
 
 
@@ -105,7 +114,8 @@ def variants(n: int = 1 << 20, rounds: int = 7) -> None:
     res: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(rounds):  # interleaved
         for k, f in fns.items():
-            res[k].append(per_update(lambda a, b: f(a, b, inp, one, inv_tm1, one), lambda: (v.clone(), s.clone()), n, 3))
+            call = partial(lambda fn, a, b: fn(a, b, inp, one, inv_tm1, one), f)
+            res[k].append(per_update(call, partial(_clones, v, s), n, 3))
     print(f"2. variants of the update, {n} random elements, ns per update (median of {rounds} interleaved rounds)")
     for k, r in res.items():
         print(f"   {k:<16}{statistics.median(r):6.2f}")
