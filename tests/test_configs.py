@@ -87,6 +87,7 @@ def test_wandb_sweep_parameters_are_valid_overrides(tmp_path):
 def test_the_recorded_commit_is_the_one_loaded():
     """A multirun that outlives a commit records the code it loaded (read once per process)."""
     import msat.tasks  # noqa: F401  (pins the commit at import)
-    from msat.tracking import _COMMIT, git_commit
+    from msat.tracking import git_commit
 
-    assert _COMMIT and git_commit() is _COMMIT[0]
+    pinned = git_commit.cache_info().currsize == 1  # read when msat.tasks was imported
+    assert pinned and git_commit() is git_commit()

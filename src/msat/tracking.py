@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 from contextlib import contextmanager
@@ -111,19 +112,11 @@ def wandb_run(
         wandb.finish()
 
 
-_COMMIT: list[str] = []
-
-
+@functools.cache
 def git_commit() -> str:
     """The commit of the code this process runs: read once, at the first call (the task
     modules call it when they start), so that a long multirun whose checkout moves on while
     it runs records the code it loaded, not the later HEAD."""
-    if not _COMMIT:
-        _COMMIT.append(_read_commit())
-    return _COMMIT[0]
-
-
-def _read_commit() -> str:
     try:
         root = Path(__file__).resolve().parents[2]
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
