@@ -25,7 +25,8 @@ TABLE2 = {
 # ``P + exp(e)``) leaves it unchanged in float16, float32 and float64 alike, so the floor changes
 # no result. It keeps exp from producing subnormal numbers, which x86 handles in microcode at
 # many times the cost of a normal one, when the membranes of silent neurons drift far below zero
-# (d < -87 in float32): on a random-weight thin ResNet-20 at T=160 it saved 1-3% of the time.
+# (d < -87 in float32): on a random-weight thin ResNet-20 at T=160 it saved 1.5-6.5% of the time
+# (benchmarks/update_cost.py, part 4).
 _EXP_FLOOR = -60.0
 
 
