@@ -91,3 +91,19 @@ def test_the_recorded_commit_is_the_one_loaded():
 
     pinned = git_commit.cache_info().currsize == 1  # read when msat.tasks was imported
     assert pinned and git_commit() is git_commit()
+
+
+@pytest.mark.parametrize("override,match", [
+    ("method.sc.p=1.5", r"\[0, 1\]"),
+    ("method.sc.reset=both", "fired' or 'emitted"),
+    ("method.sc.early_steps=0", "positive integer"),
+])
+def test_spike_confidence_values_are_checked_with_sc_off_too(tmp_path, override, match):
+    """``method=msat`` has SC off; a value out of range is still a mistake, refused before a checkpoint is read."""
+    from msat.tasks.evaluate import eval_settings
+
+    cfg = compose(["experiment=demo", "method=msat", override], tmp_path)
+    assert not cfg.method.sc.enabled
+    with pytest.raises(ValueError, match=match):
+        eval_settings(cfg)
+    eval_settings(compose(["experiment=demo", "method=msat"], tmp_path))  # the defaults pass

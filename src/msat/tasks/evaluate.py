@@ -45,9 +45,10 @@ def eval_settings(cfg: DictConfig) -> dict:
     resolve_compile(cfg.sim.compile, torch.device("cpu"), 0)
     rs = ev.readout_start
     s["readout_start"] = rs if rs == "auto" else check_readout_start(rs, T)
+    # checked with spike confidence off too: an out-of-range value is a mistake either way
+    sc = check_sc({k: v for k, v in plain(cfg.method.sc).items() if k in ("p", "early_steps", "layers", "reset",
+                                                                          "seed", "r_definition")})
     if cfg.method.sc.enabled:
-        sc = check_sc({k: v for k, v in plain(cfg.method.sc).items() if k in ("p", "early_steps", "layers", "reset",
-                                                                              "seed", "r_definition")})
         if sc["early_steps"] != "auto" and int(sc["early_steps"]) > T:
             raise ValueError(f"spike confidence E={sc['early_steps']} is larger than T={T}")
     return s
