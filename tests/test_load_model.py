@@ -49,3 +49,15 @@ def test_bad_files_name_the_file_and_what_it_is(tmp_path):
     atomic_save({"format_version": FORMAT_VERSION, "kind": "mt_snn", "model_spec": {"name": "mt_vgg9"}, "model": {}}, snn)
     with pytest.raises(CheckpointError, match=r"snn\.pt.*'mt_snn' checkpoint .*train_snn\.py"):
         msat.load_model(snn)
+
+
+def test_a_spec_mismatch_names_each_difference_once():
+    from msat.checkpoint import check_model_spec, model_spec
+
+    saved = model_spec("vgg16", 10, 3, 0.25)
+    with pytest.raises(CheckpointError) as err:
+        check_model_spec(saved, model_spec("vgg16", 10, 1, 0.25, activation="qcfs", levels=4), "x.pt")
+    msg = str(err.value)
+    assert msg.count("in_channels: checkpoint has 3, config asks for 1") == 1
+    assert "activation: checkpoint has None, config asks for 'qcfs'" in msg and msg.count("num_classes") == 0
+    check_model_spec(saved, dict(saved), "x.pt")  # equal specs pass

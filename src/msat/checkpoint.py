@@ -79,8 +79,8 @@ def model_spec(name: str, num_classes: int, in_channels: int, width: float, acti
 
 def check_model_spec(saved: Mapping[str, Any], wanted: Mapping[str, Any], path: str | os.PathLike) -> None:
     """Refuse a checkpoint saved for another architecture, class count, input or width."""
-    keys = ["name", "num_classes", "in_channels", "width"] + sorted(set(saved) | set(wanted) - {
-        "name", "num_classes", "in_channels", "width"})
+    first = ["name", "num_classes", "in_channels", "width"]
+    keys = first + sorted((set(saved) | set(wanted)) - set(first))
     diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config asks for {wanted.get(k)!r}"
              for k in keys if saved.get(k) != wanted.get(k)]
     if diffs:
