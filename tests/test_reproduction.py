@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, compose
 from msat.report import main as report_main
@@ -179,3 +180,40 @@ def test_eval_sin_statistics_and_quirk_switch(ckpt_root):
     quirk = run_evaluate(compose(base + ["eval.quirk_no_reset=true"], ckpt_root))
     assert quirk["quirk_no_reset"] is True
     assert quirk["acc"] != plain["acc"]  # batches after the first start from the previous state
+
+
+def test_report_gives_intervals_and_paired_tests(tmp_path, capsys):
+    """n and 95% Wilson intervals for every run; McNemar against the reference for runs that
+    saved per-image results on the same images, Holm-adjusted; other images get no test."""
+    from msat.checkpoint import atomic_save
+    from msat.stats import wilson_interval
+
+    n = 200
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(n, 2, generator=g) < 0.6
+    better = base.clone()
+    better[:40] = True  # MSAT right on 40 more images... where const was wrong
+    runs = {"const": base, "msat": better}
+    for name, correct in runs.items():
+        acc = [50.0] * 32
+        acc[15], acc[31] = (100.0 * correct.float().mean(0)).tolist()
+        _fake_result(tmp_path / name, method=name, acc=acc, T=32, n_samples=n, subset_seed=0, paper={}, sc=None,
+                     experiment=None)
+        atomic_save({"format_version": 1, "kind": "predictions", "steps": [16, 32], "correct": correct,
+                     "subset_seed": 0, "n_samples": n}, tmp_path / name / "predictions.pt")
+    _fake_result(tmp_path / "other", method="dtt", acc=[50.0] * 32, T=32, n_samples=100, subset_seed=0, paper={})
+    atomic_save({"format_version": 1, "kind": "predictions", "steps": [16, 32], "correct": base[:100],
+                 "subset_seed": 0, "n_samples": 100}, tmp_path / "other" / "predictions.pt")
+
+    assert report_main([str(tmp_path), "--curves"]) == 0
+    out = capsys.readouterr().out
+    lo, hi = wilson_interval(round(runs["msat"][:, 1].float().mean().item() * n), n)
+    assert f"{lo:.1f}-{hi:.1f}" in out
+    a_only = int((better[:, 1] & ~base[:, 1]).sum())
+    assert a_only > 0
+    line = next(x for x in out.splitlines() if x.startswith("const ") and " 32 " in x and "msat" in x)
+    assert line.split()[5:7] == ["0", str(a_only)] and "msat beats const" in line  # const only, msat only
+    assert "dtt" not in out.split("paired tests")[1]  # 100 other images: no pairing
+    assert report_main([str(tmp_path), "--no-plots"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "## Paired tests against msat" in md and "95% Wilson intervals" in md

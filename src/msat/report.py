@@ -4,7 +4,10 @@
     python -m msat.report outputs/demo/eval --curves   # accuracy-vs-t side by side
 
 Each row carries our number, the paper's number, the difference, the command, the
-commit and the hardware of the run that produced it.
+commit and the hardware of the run that produced it. Every accuracy at a report step comes
+with its sample size and a 95% Wilson interval; runs that saved their per-image results
+(``eval.save_predictions=true``) on the same images are compared with McNemar's exact test
+against a reference run (``--ref``, default ``msat``), Holm-adjusted over all comparisons.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .checkpoint import CheckpointError, safe_load
 from .diagnostics import first_layer_over
+from .stats import holm, mcnemar, verdict, wilson_interval
 
 DEFAULT_CHECKPOINTS = (16, 32, 64, 128, 256)
 
@@ -147,7 +152,7 @@ def format_curve_table(results: dict[str, dict], checkpoints) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(results: list[dict]) -> str:
+def markdown_report(results: list[dict], ref: str = "msat") -> str:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         p = r.get("paper") or {}
@@ -168,7 +173,11 @@ def markdown_report(results: list[dict]) -> str:
                     f"`{r.get('command', '?')}` | {str(r.get('commit', '?'))[:12]} | {_short_hw(r.get('hardware', '?'))} |"
                 )
         lines.append("")
-    lines += ["## Accuracy at the paper's time steps", "", curve_table(results, markdown=True), ""]
+    lines += ["## Accuracy at the paper's time steps", "", curve_table(results, markdown=True), "",
+              "95% Wilson intervals (n: the images evaluated):", "", interval_table(results, markdown=True), ""]
+    pairs = paired_comparisons(results, ref)
+    if pairs:
+        lines += [f"## Paired tests against {ref}", "", PAIRED_NOTE, "", paired_table(pairs, markdown=True), ""]
     errors = error_table(results)
     if errors:
         lines += ["## Where the SNN departs from the ANN (layer errors, paper Eq. 5)", "",
@@ -210,26 +219,116 @@ def error_table(results: Iterable[dict], steps: Iterable[int] = ERROR_STEPS, lim
     return "\n".join(lines)
 
 
-def curve_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, markdown: bool = False) -> str:
-    results = list(results)
+def _report_steps(results: list[dict], checkpoints: Iterable[int]) -> list[int]:
+    """The checkpoints up to the longest run; runs shorter than the first checkpoint (directly
+    trained SNNs, T = 1..5) get a column at their T."""
     T = max(len(r["acc"]) for r in results)
     checkpoints = list(checkpoints)
-    # runs shorter than the first checkpoint (directly trained SNNs, T = 1..5) get a column at their T
     short = {len(r["acc"]) for r in results if len(r["acc"]) < min(checkpoints)}
-    cps = sorted({t for t in checkpoints if t <= T} | short)
-    head = ["run", "dataset / model", "ANN"] + [f"T={t}" for t in cps] + ["best", "@t", "Step"]
-    body = []
-    for r in results:
-        acc = r["acc"]
-        row = [label(r), f"{r.get('dataset')} / {r.get('model')}", _fmt(r["ann_acc"])]
-        row += [_fmt(acc[t - 1]) if t <= len(acc) else "-" for t in cps]
-        row += [_fmt(r["best_acc"]), str(r["best_step"]), str(r.get("step_within_tol") or "-")]
-        body.append(row)
+    return sorted({t for t in checkpoints if t <= T} | short)
+
+
+def _table(head: list[str], body: list[list[str]], markdown: bool) -> str:
     if markdown:
         return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(b) + " |" for b in body])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     fmt = lambda row: "  ".join(str(c).rjust(w) if i > 1 else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
     return "\n".join([fmt(head), "-" * (sum(widths) + 2 * len(widths))] + [fmt(b) for b in body])
+
+
+def curve_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, markdown: bool = False) -> str:
+    results = list(results)
+    cps = _report_steps(results, checkpoints)
+    head = ["run", "dataset / model", "ANN"] + [f"T={t}" for t in cps] + ["best", "@t", "Step", "n"]
+    body = []
+    for r in results:
+        acc = r["acc"]
+        row = [label(r), f"{r.get('dataset')} / {r.get('model')}", _fmt(r["ann_acc"])]
+        row += [_fmt(acc[t - 1]) if t <= len(acc) else "-" for t in cps]
+        row += [_fmt(r["best_acc"]), str(r["best_step"]), str(r.get("step_within_tol") or "-"), str(r.get("n_samples", "-"))]
+        body.append(row)
+    return _table(head, body, markdown)
+
+
+def interval(res: dict, t: int) -> Optional[tuple[float, float]]:
+    """The 95% Wilson interval of ``res``'s accuracy after t steps (None without a sample size)."""
+    n = res.get("n_samples")
+    if not n or t > len(res["acc"]):
+        return None
+    k = min(max(res["acc"][t - 1] * n / 100.0, 0.0), float(n))  # a mean over SC seeds need not be whole
+    return wilson_interval(k, n)
+
+
+def interval_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, markdown: bool = False) -> str:
+    """95% Wilson intervals of every run's accuracy at the report steps, with the sample size."""
+    results = list(results)
+    cps = _report_steps(results, checkpoints)
+    body = []
+    for r in results:
+        cells = [interval(r, t) for t in cps]
+        body.append([label(r), str(r.get("n_samples", "-"))] + ["-" if c is None else f"{c[0]:.1f}-{c[1]:.1f}" for c in cells])
+    return _table(["run", "n"] + [f"T={t}" for t in cps], body, markdown)
+
+
+def load_predictions(res: dict) -> Optional[dict]:
+    """The per-image results saved beside ``res`` (``eval.save_predictions=true``), or None."""
+    path = Path(res.get("_path", "")).with_name("predictions.pt")
+    if not res.get("_path") or not path.exists():
+        return None
+    try:
+        pred = safe_load(path, "predictions file")
+    except CheckpointError as exc:
+        print(f"warning: {exc}; its run gets no paired test", file=sys.stderr)
+        return None
+    correct = pred.get("correct")
+    if correct is None or correct.dim() != 2 or correct.shape[0] != res.get("n_samples"):
+        print(f"warning: {path} does not match its results.json; its run gets no paired test", file=sys.stderr)
+        return None
+    return {"steps": [int(t) for t in pred["steps"]], "correct": correct.bool()}
+
+
+def _images(res: dict) -> tuple:
+    """What identifies the evaluated images: the dataset, the subset's size and its seed."""
+    return res.get("dataset"), res.get("n_samples"), res.get("subset_seed", 0)
+
+
+def paired_comparisons(results: Iterable[dict], ref: str = "msat") -> list[dict]:
+    """McNemar's exact test of every run with saved predictions against the reference run on
+    the same images (the run whose method, or label, is ``ref``; without one, the first), at
+    every step both saved, Holm-adjusted over all of them."""
+    by_images: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    for r in results:
+        pred = load_predictions(r)
+        if pred is not None:
+            by_images[_images(r)].append((r, pred))
+    rows = []
+    for runs in by_images.values():
+        if len(runs) < 2:
+            continue
+        base, bpred = next(((r, p) for r, p in runs if ref in (r.get("method"), label(r))), runs[0])
+        for r, pred in runs:
+            if r is base:
+                continue
+            for j, t in enumerate(pred["steps"]):
+                if t in bpred["steps"]:
+                    test = mcnemar(pred["correct"][:, j], bpred["correct"][:, bpred["steps"].index(t)])
+                    rows.append({"a": label(r), "b": label(base), "t": t, "acc_a": r["acc"][t - 1],
+                                 "acc_b": base["acc"][t - 1], **test})
+    for row, p_adj in zip(rows, holm([row["p"] for row in rows])):
+        row["p_holm"] = p_adj
+        row["verdict"] = verdict({**row, "p": p_adj}, row["a"], row["b"])
+    return rows
+
+
+def paired_table(rows: list[dict], markdown: bool = False) -> str:
+    head = ["run A", "run B", "T", "acc A", "acc B", "A only", "B only", "p", "p (Holm)", "reading (Holm)"]
+    body = [[r["a"], r["b"], str(r["t"]), _fmt(r["acc_a"]), _fmt(r["acc_b"]), str(r["a_only"]), str(r["b_only"]),
+             f"{r['p']:.3g}", f"{r['p_holm']:.3g}", r["verdict"]] for r in rows]
+    return _table(head, body, markdown)
+
+
+PAIRED_NOTE = ("McNemar's exact test on the same images: \"A only\" counts the images A gets right and B wrong; "
+               "p-values Holm-adjusted over every comparison listed.")
 
 
 def overlay_plots(results: list[dict], out_dir: Path) -> list[Path]:
@@ -254,6 +353,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--out", default=None, help="markdown file (default: ROOT/report.md)")
     ap.add_argument("--curves", action="store_true", help="print the accuracy-vs-t table only")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--ref", default="msat", help="the run the paired tests compare against (a method or a label)")
     args = ap.parse_args(argv)
     try:
         results = find_results(args.root)
@@ -262,9 +362,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if args.curves:
         print(curve_table(results))
+        print("\n95% Wilson intervals:\n" + interval_table(results))
+        pairs = paired_comparisons(results, args.ref)
+        if pairs:
+            print(f"\npaired tests against {args.ref}. {PAIRED_NOTE}\n" + paired_table(pairs))
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "report.md"
-    text = markdown_report(results)
+    text = markdown_report(results, args.ref)
     if not args.no_plots:
         pngs = overlay_plots(results, out.parent / "report_plots")
         text += "\n## Overlaid curves\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out.parent)})" for p in pngs) + "\n"
