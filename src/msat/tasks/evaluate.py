@@ -20,7 +20,7 @@ from ..diagnostics import error_monitors, summarize_errors
 from ..distributed import barrier, cleanup, init_distributed, resolve_device
 from ..energy import energy_ratio, layer_ops
 from ..evaluation import check_checkpoints, evaluate_snn, fingerprint, summarize, summarize_curve
-from ..report import format_curve_table
+from ..report import format_curve_table, interval_table
 from ..simulation import check_readout_start, check_T, resolve_chunk, resolve_compile, sim_dtype
 from ..sin import check_sc, resolve_sc
 from ..tracking import git_commit, hardware, log_evaluation, plot_error_maps, wandb_run
@@ -157,8 +157,8 @@ def evaluate_stage(cfg: DictConfig, tr, info, settings: Optional[dict] = None) -
             atomic_save({"format_version": 1, "kind": "predictions", "steps": s["checkpoints"],
                          "correct": per_image.to(torch.bool), "subset_seed": int(ev.subset_seed),
                          "n_samples": res["n_samples"]}, out / "predictions.pt")
-        log.info("accuracy (%%) after t steps, %d images:\n%s", res["n_samples"],
-                 format_curve_table({m.name: res}, s["checkpoints"]))
+        log.info("accuracy (%%) after t steps, %d images:\n%s\n95%% Wilson intervals:\n%s", res["n_samples"],
+                 format_curve_table({m.name: res}, s["checkpoints"]), interval_table([res], s["checkpoints"]))
         pngs = log_evaluation(tr, res, out, m.name, f"{cfg.model.name} / {cfg.dataset.name}", bool(ev.plots))
         if errors is not None:
             for k, p in plot_error_maps(out, res["diagnostics"], f"{cfg.model.name} / {m.name}").items():
