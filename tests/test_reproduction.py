@@ -42,6 +42,11 @@ def test_multirun_over_experiments_survives_a_failing_job(ckpt_root):
     md = (sweep / "report.md").read_text()
     assert md.count("| const") >= 3 and "## Fig. 5" in md
     assert (sweep / "report_plots" / "fig5_digits_vgg16.png").exists()
+    # every run saved its per-image results (the default), so the report pairs them: no msat run
+    # here, so the first run is the reference and the other two are tested against it at T=4
+    assert len(list(sweep.rglob("predictions.pt"))) == 3
+    paired = md.split("## Paired tests on the same images")[1].split("## ")[0]
+    assert paired.count("| 4 |") == 2 and "95% Wilson intervals" in md
 
 
 def test_bad_config_fails_before_any_run_or_file(ckpt_root):
@@ -213,7 +218,7 @@ def test_report_gives_intervals_and_paired_tests(tmp_path, capsys):
     assert a_only > 0
     line = next(x for x in out.splitlines() if x.startswith("const ") and " 32 " in x and "msat" in x)
     assert line.split()[5:7] == ["0", str(a_only)] and "msat beats const" in line  # const only, msat only
-    assert "dtt" not in out.split("paired tests")[1]  # 100 other images: no pairing
+    assert "dtt" not in out.split("paired tests")[1].split("\n", 1)[1]  # 100 other images: no pairing
     assert report_main([str(tmp_path), "--no-plots"]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "## Paired tests against msat" in md and "95% Wilson intervals" in md
+    assert "## Paired tests on the same images" in md and "95% Wilson intervals" in md

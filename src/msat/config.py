@@ -89,7 +89,7 @@ class Eval:
     quirk_no_reset: bool = False  # released code's quirk: keep step counter and running means across batches
     resume: bool = True  # continue a partial evaluation found under the checkpoint folder
     plots: bool = True
-    save_predictions: bool = False  # per-image correctness at the report's checkpoints (for paired tests)
+    save_predictions: bool = True  # per-image correctness at the report's checkpoints (for paired tests)
 
 
 def model_variant(activation: Optional[str], levels: Any) -> str:

@@ -6,7 +6,7 @@
 Each row carries our number, the paper's number, the difference, the command, the
 commit and the hardware of the run that produced it. Every accuracy at a report step comes
 with its sample size and a 95% Wilson interval; runs that saved their per-image results
-(``eval.save_predictions=true``) on the same images are compared with McNemar's exact test
+(``predictions.pt``; ``eval.save_predictions``, on by default) on the same images are compared with McNemar's exact test
 against a reference run (``--ref``, default ``msat``), Holm-adjusted over all comparisons.
 """
 
@@ -177,7 +177,7 @@ def markdown_report(results: list[dict], ref: str = "msat") -> str:
               "95% Wilson intervals (n: the images evaluated):", "", interval_table(results, markdown=True), ""]
     pairs = paired_comparisons(results, ref)
     if pairs:
-        lines += [f"## Paired tests against {ref}", "", PAIRED_NOTE, "", paired_table(pairs, markdown=True), ""]
+        lines += ["## Paired tests on the same images", "", paired_note(ref), "", paired_table(pairs, markdown=True), ""]
     errors = error_table(results)
     if errors:
         lines += ["## Where the SNN departs from the ANN (layer errors, paper Eq. 5)", "",
@@ -311,9 +311,10 @@ def paired_comparisons(results: Iterable[dict], ref: str = "msat") -> list[dict]
                 continue
             for j, t in enumerate(pred["steps"]):
                 if t in bpred["steps"]:
-                    test = mcnemar(pred["correct"][:, j], bpred["correct"][:, bpred["steps"].index(t)])
-                    rows.append({"a": label(r), "b": label(base), "t": t, "acc_a": r["acc"][t - 1],
-                                 "acc_b": base["acc"][t - 1], **test})
+                    a, b = pred["correct"][:, j], bpred["correct"][:, bpred["steps"].index(t)]
+                    # the accuracies of the predictions tested (with several SC seeds: the first seed's)
+                    rows.append({"a": label(r), "b": label(base), "t": t, "acc_a": 100.0 * a.float().mean().item(),
+                                 "acc_b": 100.0 * b.float().mean().item(), **mcnemar(a, b)})
     for row, p_adj in zip(rows, holm([row["p"] for row in rows])):
         row["p_holm"] = p_adj
         row["verdict"] = verdict({**row, "p": p_adj}, row["a"], row["b"])
@@ -327,8 +328,10 @@ def paired_table(rows: list[dict], markdown: bool = False) -> str:
     return _table(head, body, markdown)
 
 
-PAIRED_NOTE = ("McNemar's exact test on the same images: \"A only\" counts the images A gets right and B wrong; "
-               "p-values Holm-adjusted over every comparison listed.")
+def paired_note(ref: str) -> str:
+    return (f"McNemar's exact test on the same images. Run B is the reference: the run whose method or label is "
+            f"{ref!r}, else the first run on those images. \"A only\" counts the images A gets right and B wrong; "
+            "p-values Holm-adjusted over every comparison listed.")
 
 
 def overlay_plots(results: list[dict], out_dir: Path) -> list[Path]:
@@ -365,7 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("\n95% Wilson intervals:\n" + interval_table(results))
         pairs = paired_comparisons(results, args.ref)
         if pairs:
-            print(f"\npaired tests against {args.ref}. {PAIRED_NOTE}\n" + paired_table(pairs))
+            print(f"\npaired tests. {paired_note(args.ref)}\n" + paired_table(pairs))
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "report.md"
     text = markdown_report(results, args.ref)
