@@ -182,3 +182,21 @@ def test_quick_mode_end_to_end(tmp_path):
     # a rerun reuses the finished runs
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r2.returncode == 0 and "reused" in r2.stdout
+
+
+def test_tables_follow_the_converted_net():
+    """A ResNet-20 reproduction gets the paper's ResNet-20 rows (Table 3, Table 7), not VGG16's Table 4."""
+    from msat.reproduce_tables import net_title, tables
+
+    acc = [50.0] * 31 + [80.0] + [85.0] * 32
+    summary = {"ann": {"model": "resnet20", "width": 0.25, "ann_acc_full": 85.05},
+               "curves": {"msat": {"acc": acc, "n_images": 100, "ci95": {"32": [71.0, 87.0]}}}}
+    found = {"msat": {"res": {"acc": acc, "sin": {"ans_last": 1.5}}}}
+    md = tables(summary, found, {}, [32])
+    assert "Table 4" not in md and net_title(summary) == "ResNet-20 (width 0.25) / CIFAR-10"
+    assert "| paper | 96.37 | 96.36 | 0.01 | 174 |" in md
+    assert "| ours | 85.05 | 85.00 (t=33) | 0.05 | 33 |" in md  # first step within 0.1 of the ANN
+    assert "| msat | 1.5000 | 80.00 | 1.972 | 93.30 |" in md
+    summary["ann"].update(model="vgg16", width=1.0)
+    md = tables(summary, found, {}, [32])
+    assert "Table 4 layout" in md and "| paper | 95.45 | 95.45 | 0.00 | 112 |" in md and "| msat | 1.5000 | 80.00 | 2.92 |" in md

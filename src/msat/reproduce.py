@@ -1,4 +1,5 @@
-"""``python -m msat.reproduce``: the CIFAR-10 reproduction on a trained VGG16, end to end.
+"""``python -m msat.reproduce``: the CIFAR-10 reproduction on a trained net, end to end
+(by default the VGG16 of ``docs/results/cifar10``; any CIFAR-10 checkpoint of train_ann.py).
 
 One command (``make reproduce-cifar10``) evaluates every method of the list below with
 ``evaluate.py`` on the same fixed subset of test images, to T steps, then gathers the runs
@@ -28,7 +29,7 @@ import torch
 
 from .checkpoint import load_ann_checkpoint, load_model, safe_load
 from .data import CIFAR10_NORMALIZATION, build_splits
-from .reproduce_tables import figures, tables
+from .reproduce_tables import figures, net_title, tables
 from .stats import holm, mcnemar, verdict, wilson_interval
 
 REPO = Path(__file__).resolve().parents[2]
@@ -316,7 +317,7 @@ def diagnostics(args, spec: dict, found: dict, out: Path) -> dict:
                     continue
         r = json.loads((d / "results.json").read_text())
         diag = r["diagnostics"]
-        plot_error_maps(out / f"diagnostics_{label}", diag, f"VGG16 / CIFAR-10, {label}")
+        plot_error_maps(out / f"diagnostics_{label}", diag, f"{net_title({'ann': spec})}, {label}")
         res[label] = {**diag, "n_images": r["n_samples"], "acc": r["acc"]}
     if res:
         for key in ("rel_l2", "qc", "sin"):
@@ -328,7 +329,7 @@ def diagnostics(args, spec: dict, found: dict, out: Path) -> dict:
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m msat.reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a train_ann.py checkpoint (VGG16 / CIFAR-10)")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a train_ann.py CIFAR-10 checkpoint (VGG16, ResNet-20, ...)")
     p.add_argument("--data", default=os.environ.get("MSAT_CIFAR10_JPEG", DEFAULT_DATA), help="root of {train,test}/<class>/")
     p.add_argument("--out", default="docs/results/cifar10", help="summary.json, tables and figures")
     p.add_argument("--runs", default="outputs/reproduce_cifar10", help="the evaluate.py runs")
