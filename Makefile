@@ -40,9 +40,11 @@ report: install ## gather results.json files under OUT (default outputs) into ma
 
 DATA ?= ../shared/datasets/cifar10-jpeg
 CKPT ?= docs/results/cifar10/vgg16_w0.25.pt
-reproduce-cifar10: install ## CIFAR-10 results: every method on 2000 test images to T=256 (DATA=jpeg root, CKPT=checkpoint)
-	$(PYTHON) -m msat.reproduce --data $(DATA) --checkpoint $(CKPT) --out docs/results/cifar10 --runs outputs/reproduce_cifar10 \
-		$(if $(SEARCH),--search $(SEARCH))
+RESULTS ?= docs/results/cifar10
+RUNS ?= outputs/reproduce_cifar10
+reproduce-cifar10: install ## CIFAR-10 results: every method on 2000 test images to T=256 (DATA, CKPT, RESULTS, RUNS, ARGS)
+	$(PYTHON) -m msat.reproduce --data $(DATA) --checkpoint $(CKPT) --out $(RESULTS) --runs $(RUNS) \
+		$(if $(SEARCH),--search $(SEARCH)) $(ARGS)
 
 search-cifar10: install ## the fewest-steps search on held-out training images (then: make reproduce-cifar10 SEARCH=...)
 	$(PYTHON) -m msat.search --data $(DATA) --checkpoint $(CKPT) --out docs/results/cifar10

@@ -200,3 +200,25 @@ def test_tables_follow_the_converted_net():
     summary["ann"].update(model="vgg16", width=1.0)
     md = tables(summary, found, {}, [32])
     assert "Table 4 layout" in md and "| paper | 95.45 | 95.45 | 0.00 | 112 |" in md and "| msat | 1.5000 | 80.00 | 2.92 |" in md
+
+
+def test_a_run_of_another_net_is_not_reused(tmp_path):
+    """The same label's run made from another checkpoint (a VGG16 run when ResNet-20 is reproduced
+    into the same --runs folder) is neither reused nor gathered."""
+    import argparse
+
+    import msat.reproduce as rp
+    from msat.checkpoint import atomic_save, file_sha256
+
+    ckpt = tmp_path / "net.pt"
+    atomic_save({"format_version": 1, "kind": "ann"}, ckpt)
+    args = argparse.Namespace(checkpoint=str(ckpt))
+    d = tmp_path / "eval" / "msat"
+    d.mkdir(parents=True)
+    atomic_save({"format_version": 1, "kind": "predictions", "steps": [1], "correct": torch.ones(2, 1, dtype=torch.bool)},
+                d / "predictions.pt")
+    for sha, reused in (("0" * 64, False), (file_sha256(ckpt), True)):
+        (d / "results.json").write_text(json.dumps({"command": "python evaluate.py method=msat", "n_samples": 2,
+                                                    "ann_sha256": sha}))
+        assert (rp.finished_run(d, "msat", ann_sha256=rp.ann_sha(args, "msat")) is not None) is reused
+        assert ("msat" in rp.gather(tmp_path, ["msat"], args)) is reused

@@ -15,6 +15,7 @@ steps) stay under ``--runs``, and a rerun reuses finished runs.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -27,7 +28,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .checkpoint import load_ann_checkpoint, load_model, safe_load
+from .checkpoint import file_sha256, load_ann_checkpoint, load_model, safe_load
 from .data import CIFAR10_NORMALIZATION, build_splits
 from .reproduce_tables import figures, net_title, tables
 from .stats import holm, mcnemar, verdict, wilson_interval
@@ -123,16 +124,30 @@ def run_overrides(args, spec: dict, label: str) -> list[str]:
     return _override(common, **{k.replace(".", "__"): v for k, v in (o.split("=", 1) for o in METHODS[label])})
 
 
-def finished_run(d: Path, label: str, predictions: bool = True) -> Optional[dict]:
+def finished_run(d: Path, label: str, predictions: bool = True, ann_sha256: Optional[str] = None) -> Optional[dict]:
     """The results of the finished run in ``d`` if it ran ``label``'s settings (its recorded
-    command holds every override of ``METHODS[label]``; paths compared by file name), else
-    None: a run left by another definition of the label (e.g. an earlier search's winner) is
-    not reused."""
+    command holds every override of ``METHODS[label]``; paths compared by file name) on the
+    ANN checkpoint with this sha256 (when given), else None: a run left by another definition
+    of the label (e.g. an earlier search's winner) or by another net is not reused."""
     if not ((d / "results.json").exists() and (not predictions or (d / "predictions.pt").exists())):
         return None
     res = json.loads((d / "results.json").read_text())
+    if ann_sha256 is not None and res.get("ann_sha256") != ann_sha256:
+        return None
     tokens = {_norm(t) for t in shlex.split(res.get("command", ""))[2:]}
     return res if all(_norm(o) in tokens for o in METHODS.get(label, [])) else None
+
+
+@functools.cache
+def _sha(path: str) -> str:
+    return file_sha256(path)
+
+
+def ann_sha(args, label: str) -> str:
+    """The sha256 of the ANN checkpoint ``label`` converts: its own ``calibration.checkpoint``
+    override (the QCFS net), else ``--checkpoint``."""
+    own = [o.split("=", 1)[1] for o in METHODS.get(label, []) if o.startswith("calibration.checkpoint=")]
+    return _sha(own[-1] if own else args.checkpoint)
 
 
 def _norm(override: str) -> str:
@@ -143,7 +158,7 @@ def _norm(override: str) -> str:
 
 def run_one(args, spec: dict, label: str) -> tuple[str, float, Optional[str]]:
     out = Path(args.runs) / "eval" / label
-    if not args.force and finished_run(out, label) is not None:
+    if not args.force and finished_run(out, label, ann_sha256=ann_sha(args, label)) is not None:
         return label, 0.0, None
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO / "evaluate.py"), *run_overrides(args, spec, label)]
@@ -193,14 +208,15 @@ def search_methods(path: Optional[str]) -> dict[str, list[str]]:
     return {"search_" + "_".join(f"T{t}" for t in ts): list(o) for o, ts in steps.items()}
 
 
-def gather(runs: Path, labels: Sequence[str]) -> dict[str, dict]:
+def gather(runs: Path, labels: Sequence[str], args=None) -> dict[str, dict]:
+    """The finished runs of ``labels`` (with ``args``: only those made from the ANN they convert)."""
     found = {}
     for label in labels:
         d = runs / "eval" / label
-        res = finished_run(d, label)
+        res = finished_run(d, label, ann_sha256=None if args is None else ann_sha(args, label))
         if res is None and (d / "results.json").exists():
-            print(f"[reproduce] {label}: the run in {d} has other settings than {METHODS.get(label)}; not gathered",
-                  file=sys.stderr)
+            print(f"[reproduce] {label}: the run in {d} has other settings than {METHODS.get(label)} or another "
+                  "ANN checkpoint; not gathered", file=sys.stderr)
         if res is not None:
             pred = safe_load(d / "predictions.pt", "predictions file")
             found[label] = {"res": res, "steps": list(pred["steps"]), "correct": pred["correct"]}
@@ -300,7 +316,7 @@ def diagnostics(args, spec: dict, found: dict, out: Path) -> dict:
     res = {}
     for label in labels:
         d = Path(args.runs) / "diag" / label
-        if args.force or finished_run(d, label, predictions=False) is None:
+        if args.force or finished_run(d, label, predictions=False, ann_sha256=ann_sha(args, label)) is None:
             d.mkdir(parents=True, exist_ok=True)
             o = _override(run_overrides(args, spec, label), eval__diagnostics="true", eval__save_predictions="false",
                           eval__sin="false", eval__max_samples=min(args.diag_images, args.n_images),
@@ -379,7 +395,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 status = f"FAILED ({err})" if err else ("reused" if secs == 0 else f"{secs:.0f} s")
                 print(f"[reproduce] {label:22s} {status}", flush=True)
         print(f"[reproduce] runs took {time.time() - t0:.0f} s", flush=True)
-    found = gather(Path(args.runs), labels)
+    found = gather(Path(args.runs), labels, args)
     missing = [lab for lab in labels if lab not in found]
     ann_acc, n_full = ann_full_accuracy(Path(args.checkpoint), Path(args.data), args.n_images if args.quick else None)
     summary = summarize_runs(args, spec, ckpt, found, ann_acc, n_full)
