@@ -47,7 +47,7 @@ reproduce-cifar10: install ## CIFAR-10 results: every method on 2000 test images
 		$(if $(SEARCH),--search $(SEARCH)) $(ARGS)
 
 search-cifar10: install ## the fewest-steps search on held-out training images (then: make reproduce-cifar10 SEARCH=...)
-	$(PYTHON) -m msat.search --data $(DATA) --checkpoint $(CKPT) --out docs/results/cifar10
+	$(PYTHON) -m msat.search --data $(DATA) --checkpoint $(CKPT) --out $(RESULTS)
 
 bench: install ## simulation speed and memory benchmark (CPU)
 	$(PYTHON) benchmarks/simulate.py
