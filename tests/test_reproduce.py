@@ -193,7 +193,7 @@ def test_tables_follow_the_converted_net():
                "curves": {"msat": {"acc": acc, "n_images": 100, "ci95": {"32": [71.0, 87.0]}}}}
     found = {"msat": {"res": {"acc": acc, "sin": {"ans_last": 1.5}}}}
     md = tables(summary, found, {}, [32])
-    assert "Table 4" not in md and net_title(summary) == "ResNet-20 (width 0.25) / CIFAR-10"
+    assert "Table 4" not in md and net_title("resnet20", 0.25) == "ResNet-20 (width 0.25) / CIFAR-10"
     assert "| paper | 96.37 | 96.36 | 0.01 | 174 |" in md
     assert "| ours | 85.05 | 85.00 (t=33) | 0.05 | 33 |" in md  # first step within 0.1 of the ANN
     assert "| msat | 1.5000 | 80.00 | 1.972 | 93.30 |" in md

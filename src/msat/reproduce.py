@@ -333,7 +333,7 @@ def diagnostics(args, spec: dict, found: dict, out: Path) -> dict:
                     continue
         r = json.loads((d / "results.json").read_text())
         diag = r["diagnostics"]
-        plot_error_maps(out / f"diagnostics_{label}", diag, f"{net_title({'ann': spec})}, {label}")
+        plot_error_maps(out / f"diagnostics_{label}", diag, f"{net_title(spec['name'], spec['width'])}, {label}")
         res[label] = {**diag, "n_images": r["n_samples"], "acc": r["acc"]}
     if res:
         for key in ("rel_l2", "qc", "sin"):

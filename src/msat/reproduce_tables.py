@@ -24,11 +24,9 @@ PAPER_TABLE7 = {"vgg16": {"msat": (2.92, 93.48), "msat_sc": (2.343, 93.85)},
 NET_NAMES = {"vgg16": "VGG16", "resnet20": "ResNet-20", "resnet34": "ResNet-34"}
 
 
-def net_title(summary: dict) -> str:
+def net_title(model: str, width: float | None = None) -> str:
     """E.g. ``VGG16 (width 0.25) / CIFAR-10``: the converted net, for titles."""
-    ann = summary.get("ann", {})
-    name = NET_NAMES.get(ann.get("model"), str(ann.get("model", "?")))
-    width = ann.get("width")
+    name = NET_NAMES.get(model, str(model))
     return f"{name}{'' if width in (None, 1.0) else f' (width {width:g})'} / CIFAR-10"
 
 
@@ -114,15 +112,16 @@ def _table4(summary: dict, found: dict) -> list[str]:
 
 def figures(out: Path, summary: dict, found: dict) -> list[Path]:
     ann, paths = summary["ann"]["ann_acc_full"], []
+    net = net_title(summary["ann"]["model"], summary["ann"]["width"])
     curves = summary["curves"]
     fig5 = {lab: curves[lab]["acc"] for lab in FIG5 if lab in curves}
     if fig5:
-        paths.append(plot_curves(out / "fig5_thresholds.png", fig5, f"Fig. 5: threshold rules ({net_title(summary)})",
+        paths.append(plot_curves(out / "fig5_thresholds.png", fig5, f"Fig. 5: threshold rules ({net})",
                                  hline=ann, logx=True))
     fig6 = {lab: curves[lab]["acc"] for lab in ("msat", "msat_sc") if lab in curves}
     if fig6:
         paths.append(plot_curves(out / "fig6_spike_confidence.png", fig6,
-                                 f"Fig. 6: MSAT with and without SC ({net_title(summary)})", hline=ann, logx=True))
+                                 f"Fig. 6: MSAT with and without SC ({net})", hline=ann, logx=True))
     others = {lab: c["acc"] for lab, c in curves.items() if lab not in FIG5 and lab != "msat_sc"}
     if others:
         paths.append(plot_curves(out / "levers_and_baselines.png", {"msat": curves.get("msat", {}).get("acc", []), **others},
