@@ -255,8 +255,9 @@ def interval(res: dict, t: int) -> Optional[tuple[float, float]]:
     n = res.get("n_samples")
     if not n or t > len(res["acc"]):
         return None
-    k = min(max(res["acc"][t - 1] * n / 100.0, 0.0), float(n))  # a mean over SC seeds need not be whole
-    return wilson_interval(k, n)
+    k = min(max(res["acc"][t - 1] * n / 100.0, 0.0), float(n))
+    whole = round(k)  # the count of correct images, up to the rounding of acc; a mean over SC seeds need not be whole
+    return wilson_interval(whole if abs(k - whole) < 1e-6 else k, n)
 
 
 def interval_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, markdown: bool = False) -> str:

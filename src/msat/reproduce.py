@@ -30,8 +30,9 @@ import torch
 
 from .checkpoint import file_sha256, load_ann_checkpoint, load_model, safe_load
 from .data import CIFAR10_NORMALIZATION, build_splits
+from .report import interval
 from .reproduce_tables import figures, net_title, tables
-from .stats import holm, mcnemar, verdict, wilson_interval
+from .stats import holm, mcnemar, verdict
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CHECKPOINT = "docs/results/cifar10/vgg16_w0.25.pt"
@@ -256,7 +257,7 @@ def summarize_runs(args, spec: dict, ckpt: dict, found: dict[str, dict], ann_acc
     curves = {}
     for label, r in found.items():
         res, n = r["res"], r["res"]["n_samples"]
-        ci = {str(t): list(wilson_interval(round(res["acc"][t - 1] * n / 100.0), n)) for t in r["steps"]}
+        ci = {str(t): list(interval(res, t)) for t in r["steps"]}
         curves[label] = {"acc": res["acc"], "n_images": n, "ci95": ci}
     try:
         ckpt_rel = str(Path(args.checkpoint).resolve().relative_to(REPO))
