@@ -191,7 +191,7 @@ def test_tables_follow_the_converted_net():
     acc = [50.0] * 31 + [80.0] + [85.0] * 32
     summary = {"ann": {"model": "resnet20", "width": 0.25, "ann_acc_full": 85.05},
                "curves": {"msat": {"acc": acc, "n_images": 100, "ci95": {"32": [71.0, 87.0]}}}}
-    found = {"msat": {"res": {"acc": acc, "sin": {"ans_last": 1.5}}}}
+    found = {"msat": {"res": {"acc": acc, "sin": {"ans_last": 1.5}, "best_acc": 85.0, "best_step": 33}}}
     md = tables(summary, found, {}, [32])
     assert "Table 4" not in md and net_title("resnet20", 0.25) == "ResNet-20 (width 0.25) / CIFAR-10"
     assert "| paper | 96.37 | 96.36 | 0.01 | 174 |" in md
