@@ -73,7 +73,8 @@ class OracleNeurons:
 
     def __init__(self, lam, method):
         self.lam, self.method, self.t = lam, method, 0
-        self.v = self.u = self.s = None
+        self.v = self.u = self.s = self.fired_by = None
+        self.fired_by_t = []  # per step: which neurons have fired in steps 1..t
 
     def step(self, inp):
         if self.v is None:
@@ -90,6 +91,8 @@ class OracleNeurons:
             theta = torch.sigmoid(z)
         self.v = self.v + x
         spike = (self.v >= theta).double()
+        self.fired_by = spike > 0 if self.fired_by is None else self.fired_by | (spike > 0)
+        self.fired_by_t.append(self.fired_by)
         self.v = self.v - theta * spike
         self.u, self.s = self.v, self.s + self.v
         return spike * theta * self.lam
@@ -129,7 +132,7 @@ def oracle(net, x, calib, method, T):
         e = neurons[4].step(opool.step(d) * 2.0 - 0.1)
         total = total + net.fc(torch.flatten(F.adaptive_avg_pool2d(e, 1), 1))
         outs.append(total)
-    return torch.stack(outs), lams
+    return torch.stack(outs), lams, neurons
 
 
 @pytest.mark.parametrize("method", ["const", "msat", "dtt", "det"])
@@ -139,7 +142,7 @@ def test_whole_network_matches_a_spec_oracle_in_float64(method):
     calib, x = (torch.randn(n, 3, 12, 12, dtype=torch.float64) + torch.randn(n, 3, 1, 1, dtype=torch.float64)
                 for n in (16, 6))
     T = 48
-    want, lams = oracle(net, x, calib, method, T)
+    want, lams, _ = oracle(net, x, calib, method, T)
     snn = msat.convert(net, [calib], method=method, hparams=None if method == "const" else HP)
     assert len(snn.neurons) == 5
     torch.testing.assert_close(torch.tensor([float(n.lam) for n in snn.neurons], dtype=torch.float64),
@@ -151,3 +154,38 @@ def test_whole_network_matches_a_spec_oracle_in_float64(method):
     # not a trivial agreement: the net fires, and the samples' outputs differ
     assert float((want[-1] - T * net.fc.bias).abs().max()) > 1e-2
     assert float((want[-1] - want[-1].mean(0)).abs().max()) > 1e-2
+
+
+def oracle_sin(net, x, calib, T):
+    """SIN ratio per layer and step, and the SIN and fired counts (spec section 3)."""
+    _, _, neurons = oracle(net, x, calib, "msat", T)
+    inactive = [p < 0 for p in relu_inputs(net, x)]
+    sin = [torch.tensor([float((neg & f).sum()) for f in n.fired_by_t], dtype=torch.float64)
+           for neg, n in zip(inactive, neurons)]
+    fired = [torch.tensor([float(f.sum()) for f in n.fired_by_t], dtype=torch.float64) for n in neurons]
+    return [s / neg.numel() for s, neg in zip(sin, inactive)], sin, fired, [neg.numel() for neg in inactive]
+
+
+@torch.no_grad()
+def test_sin_ratio_and_spike_confidence_match_the_oracle():
+    net = make_net()
+    calib, x = (torch.randn(n, 3, 12, 12, dtype=torch.float64) + torch.randn(n, 3, 1, 1, dtype=torch.float64)
+                for n in (16, 6))
+    T, E = 40, 16
+    ratios, _, _, _ = oracle_sin(net, x, calib, T)
+    snn = msat.convert(net, [calib], method="msat", hparams=HP)
+    got = msat.measure_sin(net, snn, x, T)
+    assert len(got) == 5
+    for g, w in zip(got, ratios):
+        torch.testing.assert_close(g.double(), w, rtol=1e-6, atol=0.0)
+    assert float(ratios[0][-1]) == 0.0  # the first layer sees the analog image: no SIN can happen there
+    assert float(ratios[2][-1]) > 0.001  # but it does further on
+    # p = 1 - SIN by E / fired by E, measured on the first calibration batch; and the "all" variant
+    _, sin, fired, sizes = oracle_sin(net, calib, calib, E)
+    for r_def, denom in (("fired", [f[E - 1] for f in fired]), ("all", sizes)):
+        want = [1.0 - float(s[E - 1]) / float(d) if float(d) > 0 else 1.0 for s, d in zip(sin, denom)]
+        assert min(want) < 0.99
+        sc = dict(p=None, early_steps=E, layers="all", r_definition=r_def)
+        snn = msat.convert(net, [calib], method="msat", hparams=HP, sc=sc)
+        torch.testing.assert_close(torch.tensor([n.sc_p for n in snn.neurons], dtype=torch.float64),
+                                   torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
