@@ -1,4 +1,5 @@
-"""A whole network against an oracle written from the spec alone, in float64.
+"""A whole network against an oracle written from the spec alone, in float64; and the spec's
+energy check against the paper's Table 8.
 
 The oracle below uses no part of ``msat``: it runs the ANN's own layers (BatchNorm unfolded,
 in eval mode) on spike outputs, keeps the neuron state of spec section 2 in plain tensors,
@@ -189,3 +190,22 @@ def test_sin_ratio_and_spike_confidence_match_the_oracle():
         snn = msat.convert(net, [calib], method="msat", hparams=HP, sc=sc)
         torch.testing.assert_close(torch.tensor([n.sc_p for n in snn.neurons], dtype=torch.float64),
                                    torch.tensor(want, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_energy_operation_counts_and_ratio_reproduce_table8():
+    """Spec section 4's check: VGG16 for 100 classes has the paper's OP_ANN totals (Table 8:
+    1.77M in the layer fed by the image, 311.48M after it), and Eq. 23 on Table 8's SNN totals
+    gives its ratios, 0.716 (MSAT) and 0.934 (Burst)."""
+    from msat.conversion import prepare_ann
+    from msat.energy import energy_ratio, layer_ops
+
+    layers = layer_ops(prepare_ann(msat.create_model("vgg16", num_classes=100).eval()), torch.randn(1, 3, 32, 32))
+    first = sum(layer.ops for layer in layers if layer.sources is None)
+    rest = sum(layer.ops for layer in layers if layer.sources is not None)
+    assert round(first / 1e6, 2) == 1.77 and round(rest / 1e6, 2) == 311.48
+    assert all(layer.sources for layer in layers if layer.sources is not None)  # every later layer is fed by spikes
+    for op_snn, want in ((1137.53e6, 0.716), (1486.79e6, 0.934)):
+        n = op_snn / rest  # the same mean spike count in every layer gives the same totals
+        e = energy_ratio(layers, [n] * 13)
+        torch.testing.assert_close(e["op_snn_rest"], op_snn, rtol=1e-9, atol=0.0)
+        assert round(e["energy_ratio"], 3) == want
