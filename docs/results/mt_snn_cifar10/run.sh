@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# MT-SNN Fig. 3 at CPU scale on real CIFAR-10 (the JPEG folder): ST vs MT vs the ANN twin at
+# T = 1, 2, 4 after the same training budget as docs/results/mt_snn (narrow MT-VGG-9, one
+# epoch on the first 20,000 training images, no augmentation, seed 0), evaluated on the first
+# 2,000 test images.
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+ROOT=${ROOT:-outputs/mt_cifar10}
+DATA=${DATA:-../shared/datasets/cifar10-jpeg}
+COMMON="--config-name snn dataset=cifar10 dataset.root=$DATA dataset.format=imagefolder dataset.num_workers=0
+  snn=mt_vgg9 snn.width=0.125 paths.root=$ROOT wandb.mode=disabled progress=false"
+BUDGET="train.epochs=1 train.batch_size=64 train.lr=0.05 train.schedule=cosine dataset.max_train_samples=20000 dataset.augment={crop_padding:0,flip:false,rotation:0,translate:0}"
+python train_snn.py -m $COMMON $BUDGET neuron=st,mt neuron.T=1,2,4 hydra.sweep.dir=$ROOT/train/spiking
+python train_snn.py $COMMON $BUDGET neuron=ann hydra.run.dir=$ROOT/train/ann
+TWIN=$ROOT/checkpoints/cifar10/mt_vgg9_w0.125_ann_T1_s0/last.pt
+python evaluate.py -m $COMMON neuron=st,mt neuron.T=1,2,4 eval.max_samples=2000 eval.ann_twin=$TWIN \
+  hydra.sweep.dir=$ROOT/eval/spiking
+python evaluate.py $COMMON neuron=ann eval.max_samples=2000 hydra.run.dir=$ROOT/eval/ann
+python -m msat.report $ROOT/eval --out docs/results/mt_snn_cifar10/report.md
