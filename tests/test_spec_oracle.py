@@ -1,5 +1,5 @@
-"""A whole network against an oracle written from the spec alone, in float64; and the spec's
-energy check against the paper's Table 8.
+"""A whole network against an oracle written from the spec alone, in float64; the spec's
+energy check against the paper's Table 8; and the MT-SNN neuron (mt.md) on random sequences.
 
 The oracle below uses no part of ``msat``: it runs the ANN's own layers (BatchNorm unfolded,
 in eval mode) on spike outputs, keeps the neuron state of spec section 2 in plain tensors,
@@ -209,3 +209,30 @@ def test_energy_operation_counts_and_ratio_reproduce_table8():
         e = energy_ratio(layers, [n] * 13)
         torch.testing.assert_close(e["op_snn_rest"], op_snn, rtol=1e-9, atol=0.0)
         assert round(e["energy_ratio"], 3) == want
+
+
+def test_plif_with_multiple_thresholds_matches_the_spec_on_random_sequences():
+    """mt.md section 2: H = (1 - 1/tau) V + X / tau with tau = 1 + exp(-a); a main spike at
+    V_th, one auxiliary spike per delta at V_th + d; hard reset to 0 by the main spike."""
+    from msat.mt import PLIF
+
+    torch.manual_seed(5)
+    T, n = 12, 40
+    xs = (torch.randn(T, n) * 1.2 + 0.8).double()
+    for deltas, a in (([-0.5, 0.5], 0.3), ([], -0.7), ([-0.3, 0.4, 0.9], 1.1)):
+        plif = PLIF(deltas).double()
+        with torch.no_grad():
+            plif.a.fill_(a)
+        plif.steps = T
+        got = plif(xs.reshape(T * n, 1)).view(T, n)
+        tau = 1.0 + torch.exp(torch.tensor(-a, dtype=torch.float64))
+        want = torch.zeros(T, n, dtype=torch.float64)
+        for i in range(n):
+            v = 0.0
+            for t in range(T):
+                h = (1 - 1 / float(tau)) * v + float(xs[t, i]) / float(tau)
+                main = 1.0 if h >= 1.0 else 0.0
+                want[t, i] = main + sum(1.0 for d in deltas if h >= 1.0 + d)
+                v = 0.0 if main else h
+        torch.testing.assert_close(got, want, rtol=0.0, atol=0.0)
+        assert float(want.max()) == 1 + len(deltas) and float(want.min()) == 0.0
