@@ -222,3 +222,26 @@ def test_report_gives_intervals_and_paired_tests(tmp_path, capsys):
     assert report_main([str(tmp_path), "--no-plots"]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "## Paired tests on the same images" in md and "95% Wilson intervals" in md
+
+
+def test_report_pairs_named_runs_instead_of_one_reference(tmp_path, capsys):
+    """``--pair A B`` (repeatable) tests the pairs asked for, at every step both saved; a pair
+    that names no two runs on the same images is an error that says so."""
+    from msat.checkpoint import atomic_save
+
+    n = 120
+    g = torch.Generator().manual_seed(1)
+    correct = {m: torch.rand(n, 2, generator=g) < p for m, p in (("st", 0.3), ("mt", 0.7), ("msat", 0.5))}
+    for name, c in correct.items():
+        _fake_result(tmp_path / name, method=name, acc=[50.0] * 4, T=4, n_samples=n, subset_seed=0, paper={}, sc=None,
+                     experiment=None)
+        atomic_save({"format_version": 1, "kind": "predictions", "steps": [2, 4], "correct": c,
+                     "subset_seed": 0, "n_samples": n}, tmp_path / name / "predictions.pt")
+    assert report_main([str(tmp_path), "--curves", "--pair", "mt", "st"]) == 0
+    rows = [x.split() for x in capsys.readouterr().out.split("paired tests")[1].splitlines()
+            if x.startswith(("mt ", "st ", "msat "))]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("mt", "st", "2"), ("mt", "st", "4")]  # msat not tested
+    a_only = int((correct["mt"][:, 1] & ~correct["st"][:, 1]).sum())
+    assert rows[1][5] == str(a_only)
+    assert report_main([str(tmp_path), "--curves", "--pair", "mt", "nope"]) == 2
+    assert "--pair 'mt' 'nope'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from .checkpoint import CheckpointError, safe_load
 from .diagnostics import first_layer_over
@@ -152,7 +152,7 @@ def format_curve_table(results: dict[str, dict], checkpoints) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(results: list[dict], ref: str = "msat") -> str:
+def markdown_report(results: list[dict], ref: str = "msat", pairs: Optional[Sequence[tuple[str, str]]] = None) -> str:
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         p = r.get("paper") or {}
@@ -175,9 +175,10 @@ def markdown_report(results: list[dict], ref: str = "msat") -> str:
         lines.append("")
     lines += ["## Accuracy at the paper's time steps", "", curve_table(results, markdown=True), "",
               "95% Wilson intervals (n: the images evaluated):", "", interval_table(results, markdown=True), ""]
-    pairs = paired_comparisons(results, ref)
-    if pairs:
-        lines += ["## Paired tests on the same images", "", paired_note(ref), "", paired_table(pairs, markdown=True), ""]
+    tested = paired_comparisons(results, ref, pairs)
+    if tested:
+        lines += ["## Paired tests on the same images", "", paired_note(ref, pairs), "",
+                  paired_table(tested, markdown=True), ""]
     errors = error_table(results)
     if errors:
         lines += ["## Where the SNN departs from the ANN (layer errors, paper Eq. 5)", "",
@@ -293,29 +294,44 @@ def _images(res: dict) -> tuple:
     return res.get("dataset"), res.get("n_samples"), res.get("subset_seed", 0)
 
 
-def paired_comparisons(results: Iterable[dict], ref: str = "msat") -> list[dict]:
+def _named(run: dict, name: str) -> bool:
+    return name in (run.get("method"), label(run))
+
+
+def paired_comparisons(results: Iterable[dict], ref: str = "msat",
+                       pairs: Optional[Sequence[tuple[str, str]]] = None) -> list[dict]:
     """McNemar's exact test of every run with saved predictions against the reference run on
     the same images (the run whose method, or label, is ``ref``; without one, the first), at
-    every step both saved, Holm-adjusted over all of them."""
+    every step both saved, Holm-adjusted over all of them. ``pairs`` of (A, B) names (a method
+    or a label) test those pairs instead, wherever both ran on the same images."""
     by_images: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
     for r in results:
         pred = load_predictions(r)
         if pred is not None:
             by_images[_images(r)].append((r, pred))
-    rows = []
+    tests = []  # (run A, its predictions, run B, its predictions)
     for runs in by_images.values():
-        if len(runs) < 2:
-            continue
-        base, bpred = next(((r, p) for r, p in runs if ref in (r.get("method"), label(r))), runs[0])
-        for r, pred in runs:
-            if r is base:
-                continue
-            for j, t in enumerate(pred["steps"]):
-                if t in bpred["steps"]:
-                    a, b = pred["correct"][:, j], bpred["correct"][:, bpred["steps"].index(t)]
-                    # the accuracies of the predictions tested (with several SC seeds: the first seed's)
-                    rows.append({"a": label(r), "b": label(base), "t": t, "acc_a": 100.0 * a.float().mean().item(),
-                                 "acc_b": 100.0 * b.float().mean().item(), **mcnemar(a, b)})
+        if pairs:
+            for a_name, b_name in pairs:
+                a = next(((r, p) for r, p in runs if _named(r, a_name)), None)
+                b = next(((r, p) for r, p in runs if _named(r, b_name)), None)
+                if a is not None and b is not None and a[0] is not b[0]:
+                    tests.append((*a, *b))
+        elif len(runs) >= 2:
+            base, bpred = next(((r, p) for r, p in runs if _named(r, ref)), runs[0])
+            tests += [(r, pred, base, bpred) for r, pred in runs if r is not base]
+    for a_name, b_name in pairs or ():
+        if not any(_named(ra, a_name) and _named(rb, b_name) for ra, _, rb, _ in tests):
+            raise ReportError(f"--pair {a_name!r} {b_name!r}: no two such runs with saved predictions on the same "
+                              f"images (names are a method or a label, as the tables print them)")
+    rows = []
+    for r, pred, base, bpred in tests:
+        for j, t in enumerate(pred["steps"]):
+            if t in bpred["steps"]:
+                a, b = pred["correct"][:, j], bpred["correct"][:, bpred["steps"].index(t)]
+                # the accuracies of the predictions tested (with several SC seeds: the first seed's)
+                rows.append({"a": label(r), "b": label(base), "t": t, "acc_a": 100.0 * a.float().mean().item(),
+                             "acc_b": 100.0 * b.float().mean().item(), **mcnemar(a, b)})
     for row, p_adj in zip(rows, holm([row["p"] for row in rows])):
         row["p_holm"] = p_adj
         row["verdict"] = verdict({**row, "p": p_adj}, row["a"], row["b"])
@@ -329,9 +345,10 @@ def paired_table(rows: list[dict], markdown: bool = False) -> str:
     return _table(head, body, markdown)
 
 
-def paired_note(ref: str) -> str:
-    return (f"McNemar's exact test on the same images. Run B is the reference: the run whose method or label is "
-            f"{ref!r}, else the first run on those images. \"A only\" counts the images A gets right and B wrong; "
+def paired_note(ref: str, pairs: Optional[Sequence[tuple[str, str]]] = None) -> str:
+    which = ("Runs A and B are the pairs asked for. " if pairs else
+             f"Run B is the reference: the run whose method or label is {ref!r}, else the first run on those images. ")
+    return ("McNemar's exact test on the same images. " + which + "\"A only\" counts the images A gets right and B wrong; "
             "p-values Holm-adjusted over every comparison listed.")
 
 
@@ -358,21 +375,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--curves", action="store_true", help="print the accuracy-vs-t table only")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--ref", default="msat", help="the run the paired tests compare against (a method or a label)")
+    ap.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), default=None,
+                    help="test run A against run B (a method or a label) instead of every run against --ref; repeatable")
     args = ap.parse_args(argv)
     try:
         results = find_results(args.root)
+        pairs = [tuple(p) for p in args.pair] if args.pair else None
+        tested = paired_comparisons(results, args.ref, pairs)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.curves:
         print(curve_table(results))
         print("\n95% Wilson intervals:\n" + interval_table(results))
-        pairs = paired_comparisons(results, args.ref)
-        if pairs:
-            print(f"\npaired tests. {paired_note(args.ref)}\n" + paired_table(pairs))
+        if tested:
+            print(f"\npaired tests. {paired_note(args.ref, pairs)}\n" + paired_table(tested))
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "report.md"
-    text = markdown_report(results, args.ref)
+    text = markdown_report(results, args.ref, pairs)
     if not args.no_plots:
         pngs = overlay_plots(results, out.parent / "report_plots")
         text += "\n## Overlaid curves\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out.parent)})" for p in pngs) + "\n"
