@@ -142,6 +142,10 @@ def test_train_snn_tau_above_one_and_resume_exact(tmp_path):
     # evaluate.py --config-name snn: accuracy after every t up to eval.T
     res = run_evaluate(snn_cfg(tmp_path / "a", "train.epochs=2"))
     assert len(res["acc"]) == 3 and res["method"] == "mt-snn" and res["trained_T"] == 2
+    (pred_file,) = (tmp_path / "a").rglob("predictions.pt")  # per-image results, for msat.report's paired tests
+    pred = torch.load(pred_file, weights_only=True)
+    assert pred["steps"] == [1, 2, 3] and pred["correct"].shape == (res["n_samples"], 3)
+    torch.testing.assert_close(100.0 * pred["correct"].double().mean(0), torch.tensor(res["acc"], dtype=torch.float64))
 
 
 def test_tau_stays_above_one_during_training():
@@ -189,3 +193,19 @@ def test_method_max_spikes_below_one_is_an_error(ckpt_root):
     with pytest.raises(ValueError, match="max_spikes must be an integer >= 1"):
         run_evaluate(compose(["experiment=demo", "method=burst", "method.max_spikes=0", "eval.T=8",
                               "eval.checkpoints=[8]", "sin.T=8", "eval.max_samples=10"], tmp_path))
+
+
+def test_multistep_evaluation_keeps_each_images_correctness():
+    from msat.evaluation import evaluate_multistep
+
+    torch.manual_seed(0)
+    m = msat.create_model("mt_vgg9", 4, 1, 0.125, T=2, input_size=8)
+    data = torch.utils.data.TensorDataset(torch.randn(23, 1, 8, 8), torch.randint(0, 4, (23,)))
+    r = evaluate_multistep(m, data, T=3, batch_size=5, device=torch.device("cpu"), progress=False, record_at=[1, 3])
+    assert r["per_image"].shape == (23, 2)
+    torch.testing.assert_close(r["per_image"].sum(0), r["correct"][[0, 2]])
+    with torch.no_grad():  # image 17 (in the fourth batch) on its own
+        want = torch.cumsum(m.forward_steps(data[17][0].unsqueeze(0), 3), 0).argmax(-1)[:, 0] == data[17][1]
+    assert r["per_image"][17].tolist() == want[[0, 2]].double().tolist()
+    with pytest.raises(ValueError, match="record_at"):
+        evaluate_multistep(m, data, T=3, batch_size=5, device=torch.device("cpu"), progress=False, record_at=[4])

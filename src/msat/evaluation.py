@@ -210,27 +210,38 @@ def summarize_curve(correct: torch.Tensor, n: float, checkpoints: Sequence[int],
 # ----------------------------------------------------------------- directly trained MT-SNNs
 @torch.no_grad()
 def evaluate_multistep(model, dataset, *, T: int, batch_size: int, device: torch.device, info: DistInfo = DistInfo(),
-                       num_workers: int = 0, progress: bool = True) -> dict:
+                       num_workers: int = 0, progress: bool = True, record_at: Sequence[int] = ()) -> dict:
     """Accuracy after every t = 1..T of a :class:`msat.mt.MultiStepNet` (readout averaged over
-    steps 1..t), from one run of T steps per batch; sharded over ranks like :func:`evaluate_snn`."""
+    steps 1..t), from one run of T steps per batch; sharded over ranks like :func:`evaluate_snn`.
+    Each image's correctness at the steps ``record_at`` is kept too (``per_image``, [n, len])."""
     T = check_T(T)
     n = len(dataset)
     if n == 0:
         raise ValueError("the evaluation set is empty")
+    record_at = [int(t) for t in record_at]
+    if any(not 1 <= t <= T for t in record_at):
+        raise ValueError(f"record_at steps must lie in 1..T={T}, got {record_at}")
     model.eval()
     n_batches = math.ceil(n / batch_size)
     mine = [list(range(b * batch_size, min(n, (b + 1) * batch_size))) for b in range(n_batches) if b % info.world == info.rank]
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=num_workers)
     correct = torch.zeros(T, dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
+    per_image = torch.zeros(n, len(record_at), dtype=torch.float64, device=device)
     loader = progress_bar(loader, len(mine), f"evaluate T={T}", progress and info.is_main)
     t0 = time.perf_counter()
-    for x, y in loader:
+    for idx, (x, y) in zip(mine, loader):
         x, y = x.to(device), y.to(device)
         out = model.forward_steps(x, T)  # [T, B, classes]
         cum = torch.cumsum(out.double(), 0)  # the mean over 1..t has the same argmax
-        correct += (cum.argmax(-1) == y).sum(1)
+        hit = cum.argmax(-1) == y
+        correct += hit.sum(1)
         count += len(y)
+        if record_at:
+            per_image[idx[0] : idx[0] + len(y)] = hit[[t - 1 for t in record_at]].T.double()
     all_reduce_sum(correct, info)
     all_reduce_sum(count, info)
-    return {"correct": correct.cpu(), "n": float(count), "elapsed_s": time.perf_counter() - t0}
+    if record_at:
+        all_reduce_sum(per_image, info)
+    return {"correct": correct.cpu(), "n": float(count), "elapsed_s": time.perf_counter() - t0,
+            "per_image": per_image.cpu()}

@@ -16,4 +16,6 @@ TWIN=$ROOT/checkpoints/cifar10/mt_vgg9_w0.125_ann_T1_s0/last.pt
 python evaluate.py -m $COMMON neuron=st,mt neuron.T=1,2,4 eval.max_samples=2000 eval.ann_twin=$TWIN \
   hydra.sweep.dir=$ROOT/eval/spiking
 python evaluate.py $COMMON neuron=ann eval.max_samples=2000 hydra.run.dir=$ROOT/eval/ann
-python -m msat.report $ROOT/eval --out docs/results/mt_snn_cifar10/report.md
+python -m msat.report $ROOT/eval --out docs/results/mt_snn_cifar10/report.md \
+  --pair "mt-snn, trained T=1" "st-snn, trained T=1" --pair "mt-snn, trained T=2" "st-snn, trained T=2" \
+  --pair "mt-snn, trained T=4" "st-snn, trained T=4"

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from ..checkpoint import CheckpointError, file_sha256, load_ann_checkpoint
+from ..checkpoint import CheckpointError, atomic_save, file_sha256, load_ann_checkpoint
 from ..data import build_splits, subset
 from ..distributed import cleanup, init_distributed, resolve_device
 from ..evaluation import evaluate_multistep, summarize_curve
@@ -79,18 +79,23 @@ def run_evaluate_mt(cfg: DictConfig) -> dict:
                 raise ValueError(f"eval.ann_twin {cfg.eval.ann_twin} is not an ANN twin (neuron=ann) checkpoint")
             r = evaluate_multistep(twin, test, T=1, **kw)
             ann_acc = 100.0 * float(r["correct"][0]) / r["n"]
-        raw = evaluate_multistep(model, test, T=T, **kw)
+        cps = list(range(1, T + 1)) if T <= 8 else [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= T]
+        save = bool(cfg.eval.get("save_predictions", True))
+        raw = evaluate_multistep(model, test, T=T, record_at=cps if save else (), **kw)
         res = summarize_curve(raw["correct"], raw["n"], [t for t in cfg.eval.checkpoints if t <= T] or [T],
                               float(cfg.eval.tol), ann_acc)
         res.update(experiment=experiment_name(cfg), dataset=cfg.dataset.name, model=cfg.snn.name, width=cfg.snn.width,
                    method=f"{cfg.neuron.name}-snn", neuron=plain(cfg.neuron), trained_T=spec["T"], seed=int(cfg.seed),
                    checkpoint=str(path), checkpoint_sha256=file_sha256(path), paper=plain(cfg.get("paper", {})),
                    commit=git_commit(), hardware=hardware(), command=job_command("evaluate.py --config-name snn"),
-                   world_size=info.world, tags=list(cfg.get("tags", [])), elapsed_s=raw["elapsed_s"])
+                   world_size=info.world, tags=list(cfg.get("tags", [])), elapsed_s=raw["elapsed_s"], subset_seed=0)
         if info.is_main:
             out = output_dir(cfg)
             (out / "results.json").write_text(json.dumps(res, indent=2))
-            cps = list(range(1, T + 1)) if T <= 8 else [t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256) if t <= T]
+            if save:  # per-image correctness, for msat.report's paired tests
+                atomic_save({"format_version": 1, "kind": "predictions", "steps": cps,
+                             "correct": raw["per_image"].to(torch.bool), "subset_seed": 0,
+                             "n_samples": res["n_samples"]}, out / "predictions.pt")
             log.info("accuracy (%%) after t steps:\n%s", format_curve_table({res["method"]: res}, cps))
             name = f"eval-{cfg.dataset.name}-{cfg.snn.name}-{cfg.neuron.name}"
             with wandb_run(cfg.wandb, resolved_config(cfg), "evaluate", out, name) as tr:
