@@ -363,7 +363,7 @@ def overlay_plots(results: list[dict], out_dir: Path) -> list[Path]:
     paths = []
     for name, rs in sorted(groups.items()):
         curves = {label(r): r["acc"] for r in rs}
-        ann = rs[0]["ann_acc"]
+        ann = next((r["ann_acc"] for r in rs if r.get("ann_acc") is not None), None)
         paths.append(plot_curves(out_dir / f"{name}.png", curves, f"{name}: accuracy vs time step", hline=ann))
     return paths
 

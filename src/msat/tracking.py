@@ -183,7 +183,8 @@ def plot_curves(
     colors = plt.cm.viridis([i / max(1, len(curves) - 1) for i in range(len(curves))]) if len(curves) > 10 else [None] * len(curves)
     for (label, ys), color in zip(curves.items(), colors):
         ts = range(1, len(ys) + 1)
-        (line,) = ax.plot(ts, ys, label=label, lw=1.4, color=color)
+        marker = "o" if len(ys) <= 16 else None  # short curves (and single points) stay visible
+        (line,) = ax.plot(ts, ys, label=label, lw=1.4, color=color, marker=marker, ms=3.5)
         if bands and label in bands:
             lo, hi = bands[label]
             ax.fill_between(ts, lo, hi, color=line.get_color(), alpha=0.2, lw=0)

@@ -19,3 +19,4 @@ python evaluate.py $COMMON neuron=ann eval.max_samples=2000 hydra.run.dir=$ROOT/
 python -m msat.report $ROOT/eval --out docs/results/mt_snn_cifar10/report.md \
   --pair "mt-snn, trained T=1" "st-snn, trained T=1" --pair "mt-snn, trained T=2" "st-snn, trained T=2" \
   --pair "mt-snn, trained T=4" "st-snn, trained T=4"
+python docs/results/mt_snn_cifar10/vs_twin.py $ROOT/eval   # the nets against the twin, and fig3.png
