@@ -52,7 +52,7 @@ def make_net():
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.uniform_(-0.2, 0.2)
         net.bn1.bias[0] = -50.0  # channel 0 of layer 1 never fires (the layer's lam is still > 0)
-        net.fc.weight.uniform_(-3.0, 3.0)  # so that the samples' predictions differ
+        net.fc.weight.uniform_(-3.0, 3.0)  # so that the samples' outputs differ clearly
     return net.eval().double()
 
 
