@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fashion-MNIST, narrow VGG16 (width 0.25), one training epoch; conversion ablations on
-# the first 500 test images (the setting of the independent reference run in issue 3).
+# a fixed random 500 of the test images (eval.max_samples=500, subset seed 0; the setting of the independent reference run in issue 3).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ROOT=${ROOT:-outputs/fmnist}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # MT-SNN Fig. 3 at CPU scale on real CIFAR-10 (the JPEG folder): ST vs MT vs the ANN twin at
 # T = 1..5 after the same training budget as docs/results/mt_snn (narrow MT-VGG-9, one
-# epoch on the first 20,000 training images, no augmentation, seed 0), evaluated on the first
-# 2,000 test images.
+# epoch on a fixed random 20,000 of the training images, no augmentation, seed 0), evaluated on a
+# fixed random 2,000 of the test images (both subsets drawn with seed 0).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 ROOT=${ROOT:-outputs/mt_cifar10}
