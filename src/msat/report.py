@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from .checkpoint import CheckpointError, safe_load
+from .checkpoint import CheckpointError, atomic_save, safe_load
 from .diagnostics import first_layer_over
 from .stats import holm, mcnemar, verdict, wilson_interval
 
@@ -272,6 +272,13 @@ def interval_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT
     return _table(["run", "n"] + [f"T={t}" for t in cps], body, markdown)
 
 
+def save_predictions(path: Path, steps: Sequence[int], correct, subset_seed: int, n_samples: int) -> None:
+    """Write ``predictions.pt`` beside a run's results.json: each image's correctness ([n, len(steps)]
+    booleans) at ``steps``, read back by :func:`load_predictions` for the paired tests."""
+    atomic_save({"format_version": 1, "kind": "predictions", "steps": list(steps), "correct": correct.bool(),
+                 "subset_seed": int(subset_seed), "n_samples": n_samples}, path)
+
+
 def load_predictions(res: dict) -> Optional[dict]:
     """The per-image results saved beside ``res`` (``eval.save_predictions=true``), or None."""
     path = Path(res.get("_path", "")).with_name("predictions.pt")
@@ -378,10 +385,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--pair", nargs=2, action="append", metavar=("A", "B"), default=None,
                     help="test run A against run B (a method or a label) instead of every run against --ref; repeatable")
     args = ap.parse_args(argv)
+    pairs = [tuple(p) for p in args.pair] if args.pair else None
     try:
         results = find_results(args.root)
-        pairs = [tuple(p) for p in args.pair] if args.pair else None
-        tested = paired_comparisons(results, args.ref, pairs)
+        if args.curves:
+            tested = paired_comparisons(results, args.ref, pairs)
+        else:
+            text = markdown_report(results, args.ref, pairs)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -392,7 +402,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"\npaired tests. {paired_note(args.ref, pairs)}\n" + paired_table(tested))
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "report.md"
-    text = markdown_report(results, args.ref, pairs)
     if not args.no_plots:
         pngs = overlay_plots(results, out.parent / "report_plots")
         text += "\n## Overlaid curves\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out.parent)})" for p in pngs) + "\n"

@@ -5,18 +5,14 @@ MT-SNN Fig. 3's plot (accuracy at the trained T, ST and MT, the twin dotted) as 
     python docs/results/mt_snn_cifar10/vs_twin.py outputs/mt_cifar10/eval
 """
 
-import json
 import sys
 from pathlib import Path
 
-import torch
-
+from msat.report import find_results, load_predictions
 from msat.stats import holm, mcnemar
 
-runs = {}
-for f in sorted(Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/mt_cifar10/eval").rglob("results.json")):
-    r = json.loads(f.read_text())
-    runs[(r["method"], r["trained_T"])] = torch.load(f.with_name("predictions.pt"), weights_only=True)["correct"]
+runs = {(r["method"], r["trained_T"]): load_predictions(r)["correct"]
+        for r in find_results(sys.argv[1] if len(sys.argv) > 1 else "outputs/mt_cifar10/eval")}
 twin = runs.pop(("ann-snn", 1))[:, 0]
 rows = [(k, mcnemar(c[:, -1], twin)) for k, c in sorted(runs.items())]
 print("net, trained T    acc at T   twin   net only  twin only   p (Holm)")

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from ..balancing import estimate_readout_start
-from ..checkpoint import CheckpointError, atomic_save, load_ann, load_artifact
+from ..checkpoint import CheckpointError, load_ann, load_artifact
 from ..conversion import prepare_ann
 from ..corrections import restore_correction
 from ..data import build_splits, subset
@@ -20,7 +20,7 @@ from ..diagnostics import error_monitors, summarize_errors
 from ..distributed import barrier, cleanup, init_distributed, resolve_device
 from ..energy import energy_ratio, layer_ops
 from ..evaluation import check_checkpoints, evaluate_snn, fingerprint, summarize, summarize_curve
-from ..report import format_curve_table, interval_table
+from ..report import format_curve_table, interval_table, save_predictions
 from ..simulation import check_readout_start, check_T, resolve_chunk, resolve_compile, sim_dtype
 from ..sin import check_sc, resolve_sc
 from ..tracking import git_commit, hardware, log_evaluation, plot_error_maps, wandb_run
@@ -154,9 +154,7 @@ def evaluate_stage(cfg: DictConfig, tr, info, settings: Optional[dict] = None) -
     if info.is_main:
         (out / "results.json").write_text(json.dumps(res, indent=2))
         if ev.save_predictions:
-            atomic_save({"format_version": 1, "kind": "predictions", "steps": s["checkpoints"],
-                         "correct": per_image.to(torch.bool), "subset_seed": int(ev.subset_seed),
-                         "n_samples": res["n_samples"]}, out / "predictions.pt")
+            save_predictions(out / "predictions.pt", s["checkpoints"], per_image, ev.subset_seed, res["n_samples"])
         log.info("accuracy (%%) after t steps, %d images:\n%s\n95%% Wilson intervals:\n%s", res["n_samples"],
                  format_curve_table({m.name: res}, s["checkpoints"]), interval_table([res], s["checkpoints"]))
         pngs = log_evaluation(tr, res, out, m.name, f"{cfg.model.name} / {cfg.dataset.name}", bool(ev.plots))

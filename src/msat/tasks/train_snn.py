@@ -11,13 +11,13 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from ..checkpoint import CheckpointError, atomic_save, file_sha256, load_ann_checkpoint
+from ..checkpoint import CheckpointError, file_sha256, load_ann_checkpoint
 from ..data import build_splits, subset
 from ..distributed import cleanup, init_distributed, resolve_device
 from ..evaluation import evaluate_multistep, summarize_curve
 from ..models import create_model
 from ..mt import check_deltas
-from ..report import format_curve_table
+from ..report import format_curve_table, save_predictions
 from ..simulation import check_T
 from ..tracking import git_commit, hardware, wandb_run
 from .hydra_utils import check_splits, experiment_name, job_command, output_dir, plain, resolved_config
@@ -93,9 +93,7 @@ def run_evaluate_mt(cfg: DictConfig) -> dict:
             out = output_dir(cfg)
             (out / "results.json").write_text(json.dumps(res, indent=2))
             if save:  # per-image correctness, for msat.report's paired tests
-                atomic_save({"format_version": 1, "kind": "predictions", "steps": cps,
-                             "correct": raw["per_image"].to(torch.bool), "subset_seed": 0,
-                             "n_samples": res["n_samples"]}, out / "predictions.pt")
+                save_predictions(out / "predictions.pt", cps, raw["per_image"], 0, res["n_samples"])
             log.info("accuracy (%%) after t steps:\n%s", format_curve_table({res["method"]: res}, cps))
             name = f"eval-{cfg.dataset.name}-{cfg.snn.name}-{cfg.neuron.name}"
             with wandb_run(cfg.wandb, resolved_config(cfg), "evaluate", out, name) as tr:
