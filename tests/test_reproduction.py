@@ -245,3 +245,7 @@ def test_report_pairs_named_runs_instead_of_one_reference(tmp_path, capsys):
     assert rows[1][5] == str(a_only)
     assert report_main([str(tmp_path), "--curves", "--pair", "mt", "nope"]) == 2
     assert "--pair 'mt' 'nope'" in capsys.readouterr().err
+    # the markdown report too, into a folder that does not exist yet
+    assert report_main([str(tmp_path), "--no-plots", "--out", str(tmp_path / "new" / "r.md"), "--pair", "mt", "st"]) == 0
+    assert "Runs A and B are the pairs asked for" in (tmp_path / "new" / "r.md").read_text()
+    assert report_main([str(tmp_path), "--no-plots", "--pair", "mt", "nope"]) == 2

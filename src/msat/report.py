@@ -402,6 +402,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             print(f"\npaired tests. {paired_note(args.ref, pairs)}\n" + paired_table(tested))
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "report.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
     if not args.no_plots:
         pngs = overlay_plots(results, out.parent / "report_plots")
         text += "\n## Overlaid curves\n\n" + "\n".join(f"![{p.stem}]({p.relative_to(out.parent)})" for p in pngs) + "\n"
