@@ -20,8 +20,12 @@ CIFAR_JPEG = Path(os.environ.get("MSAT_CIFAR10_JPEG", ROOT.parent / "shared" / "
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same global RNG state, so random test inputs are the same
-    on every run (a failure reproduces)."""
+    on every run (a failure reproduces), and with the compile guard's record of this process
+    cleared (a fallback in one test does not turn compilation off in the next)."""
+    import msat.fused
+
     torch.manual_seed(0)
+    msat.fused.reset_guard()
 
 
 E2E_FIXTURES = {"digits_run", "ckpt_root", "curves", "fm_run"}  # fixtures that train or run the CLI

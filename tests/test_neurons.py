@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import msat
+import msat.fused
 from msat.neurons import TABLE2, IFNeuron, check_threshold_args
 from msat.pooling import LIPool
 from reference import run_neuron
@@ -260,6 +261,7 @@ def test_lipool_sum_equals_maxpool_of_sum(kw, shape):
 
 
 @pytest.mark.e2e
+@pytest.mark.compile
 def test_fused_lipool_gives_the_same_bits_as_eager():
     """sim.compile also fuses the LIPool step (add, window max, difference): max and
     subtraction round as in eager mode, so the outputs are identical, overlapping windows,
@@ -276,9 +278,8 @@ def test_fused_lipool_gives_the_same_bits_as_eager():
         a = torch.stack([eager(x) for x in xs])
         b = torch.stack([fused(x) for x in xs])
         assert torch.equal(a, b), kw
-    import msat.neurons as neurons
-
-    assert ("LIPool step",) in neurons._COMPILE_WORKED and not neurons._COMPILE_FAILED  # it ran fused, no fallback
+    status = msat.fused.compile_status()
+    assert status["ran_compiled"] and not status["guard_fell_back"]  # it ran fused, no fallback
     assert fused.compiled
 
 
@@ -295,8 +296,7 @@ def test_a_fused_step_that_cannot_compile_falls_back_to_eager(monkeypatch):
 
         return fused
 
-    monkeypatch.setattr(neurons, "_COMPILE_FAILED", False)
-    monkeypatch.setattr(neurons, "_COMPILE_WORKED", set())
+    msat.fused.reset_guard()
     monkeypatch.setattr(neurons, "_compiled_step", lambda with_stats: broken(2))  # (rule, max_spikes, v, ...)
     monkeypatch.setattr(pooling, "_fused_pool_step", lambda: broken(0))  # (X, Y, x, ...)
     torch.manual_seed(1)
@@ -307,18 +307,18 @@ def test_a_fused_step_that_cannot_compile_falls_back_to_eager(monkeypatch):
     snn.set_compile(False)
     eager = msat.simulate(snn, x, 6)
     snn.set_compile(True)
-    with pytest.warns(UserWarning, match="could not be compiled") as caught:
+    with pytest.warns(RuntimeWarning, match="could not be compiled") as caught:
         fallen = msat.simulate(snn, x, 6)
     assert len([w for w in caught if "could not be compiled" in str(w.message)]) == 1
-    assert torch.equal(fallen, eager) and neurons._COMPILE_FAILED
+    assert torch.equal(fallen, eager) and msat.fused.compile_status()["guard_fell_back"]
     assert not any(m.compiled for m in snn.modules() if isinstance(m, (neurons.IFNeuron, LIPool)))
     # a pool alone: its cumulative input is restored too
-    monkeypatch.setattr(neurons, "_COMPILE_FAILED", False)
+    msat.fused.reset_guard()
     xs = torch.rand(4, 1, 2, 4, 4, dtype=torch.float64)
     plain, failing = LIPool(2), LIPool(2)
     failing.compiled = True
     a = torch.stack([plain(x) for x in xs])
-    with pytest.warns(UserWarning, match="fused LIPool step could not be compiled"):
+    with pytest.warns(RuntimeWarning, match="compiled LIPool step could not be compiled"):
         b = torch.stack([failing(x) for x in xs])
     assert torch.equal(a, b) and not failing.compiled
 
@@ -368,6 +368,7 @@ def test_a_new_threshold_rule_is_one_registered_class():
 
 
 @pytest.mark.e2e
+@pytest.mark.compile
 @pytest.mark.parametrize("method", ["const", "msat"])
 def test_compile_changes_the_code_path_not_the_results(method, monkeypatch):
     """sim.compile / snn.set_compile(True) runs the fused step (torch.compile of the same
@@ -396,6 +397,8 @@ def test_compile_changes_the_code_path_not_the_results(method, monkeypatch):
     fused = msat.simulate(snn, x, 20)
     assert calls["n"] == 20 * len(snn.neurons)
     assert all(n.compiled for n in snn.neurons)  # it did not fall back to eager
+    status = msat.fused.compile_status()
+    assert status["ran_compiled"] and not status["guard_fell_back"], status
     tol = 0 if method == "const" else 1e-12
     torch.testing.assert_close(fused, eager, rtol=tol, atol=tol)
     assert torch.equal(fused.argmax(-1), eager.argmax(-1))

@@ -17,7 +17,6 @@ written. State is registered once and :meth:`StepModule.reset` restores all of i
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Mapping, Optional
 
@@ -25,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .fused import compiled, describe_mismatch, fused_failed, rounding_tolerance, run_guarded
 from .thresholds import (  # noqa: F401  (re-exported: the rules are part of the neuron API)
     DET,
     DTT,
@@ -103,64 +103,66 @@ def if_step(rule: ThresholdRule, max_spikes: int, v: torch.Tensor, s: Optional[t
 _COMPILED: dict = {}
 
 
+def _step_fn(with_stats: bool) -> Callable:
+    """``if_step`` as a function of plain arguments: ``(out, fired, theta)`` or ``(out,)``."""
+
+    def step(rule, max_spikes, v, s, inp, lam, inv_tm1, dead, bias, inv_lam):
+        out, emitted, fired, theta = if_step(rule, max_spikes, v, s, inp, lam, inv_tm1, dead, bias, inv_lam=inv_lam)
+        return (out, fired, theta) if with_stats else (out,)
+
+    return step
+
+
 def _compiled_step(with_stats: bool):
     """``if_step`` compiled (one fused kernel per rule class and shape rank); the rule's
     floats and ``t - 1`` are dynamic inputs, so one compilation serves every layer."""
-    key = with_stats
-    if key not in _COMPILED:
+    if with_stats not in _COMPILED:
         # one compiled variant per rule class, burst, bias, dead mask and first step: a sweep over
         # the levers in one process (msat.search) needs more than dynamo's default of 8 before it
         # would fall back to eager for the rest
         import torch._dynamo.config as dynamo_config
 
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, 64)
-        def fused(rule, max_spikes, v, s, inp, lam, inv_tm1, dead, bias, inv_lam):
-            out, emitted, fired, theta = if_step(rule, max_spikes, v, s, inp, lam, inv_tm1, dead, bias,
-                                                 inv_lam=inv_lam)
-            return (out, fired, theta) if with_stats else (out,)
+        _COMPILED[with_stats] = compiled(_step_fn(with_stats))
+    return _COMPILED[with_stats]
 
-        _COMPILED[key] = torch.compile(fused, dynamic=True)
-    return _COMPILED[key]
+
+def _step_agrees(args, res, e_args, e_res, before) -> Optional[str]:
+    """The guard's comparison of a compiled neuron step with the eager one (msat.fused): the same
+    spikes, except where the eager membrane lies within rounding of a threshold, and membranes,
+    running sums and outputs within rounding."""
+    max_spikes, lam = args[1], args[5]
+    out_e, fired_e, theta_e = e_res
+    v_e, v_c = e_args[2], args[2]
+    theta = torch.as_tensor(theta_e, dtype=v_e.dtype, device=v_e.device)
+    charged = v_e + fired_e * theta  # the eager membrane before it fired
+    scale = before[2].abs() + charged.abs() + theta.abs() * max_spikes
+    tol = rounding_tolerance(v_e.dtype) * scale
+    k = torch.arange(1, max_spikes + 1, dtype=v_e.dtype, device=v_e.device).view(-1, *([1] * v_e.dim()))
+    near = ((charged - k * theta).abs() <= tol).any(0)  # a spike rounding may flip
+    dv, dout = (v_c - v_e).abs(), (res[0] - out_e).abs()
+    ok = (dv <= tol) & (dout <= tol * lam.abs())
+    diffs = {"v": dv, "out": dout}
+    if before.get(3) is not None:
+        ds = (args[3] - e_args[3]).abs()
+        ok &= ds <= tol + rounding_tolerance(v_e.dtype) * e_args[3].abs()
+        diffs["s"] = ds
+    bad = ~(ok | near)
+    bad |= (~torch.isfinite(v_c) & torch.isfinite(v_e)) | (~torch.isfinite(res[0]) & torch.isfinite(out_e))
+    return describe_mismatch(bad, diffs)
 
 
 def _run_compiled(neuron: "IFNeuron", inp, lam, inv_tm1):
-    """The fused step, or None (and eager from then on) when torch.compile cannot build it here."""
+    """The fused step, or None (and eager from then on) when the compiled step fails here or
+    disagrees with eager on its first call (see :mod:`msat.fused`)."""
     stats = bool(neuron._hooks)
     args = (neuron.rule, neuron.max_spikes, neuron.v, neuron.s, inp, lam, inv_tm1, neuron._dead, neuron.bias,
             neuron._inv_lam)
-    res = run_fused(("neuron update", stats), _compiled_step(with_stats=stats), args, (neuron.v, neuron.s))
-    if res is None:
+    res = run_guarded("neuron update", _compiled_step(with_stats=stats), _step_fn(True), args, (2, 3), _step_agrees,
+                      pick=lambda r: r if stats else r[:1])
+    if res is None or fused_failed():
         neuron.compiled = False
     return res
-
-
-def run_fused(key: tuple, fused: Callable, args: tuple, state: tuple):
-    """``fused(*args)``, or None when torch.compile cannot build it here; then every fused step
-    (the neurons' and LIPool's) runs eager from now on, with one warning. The first call of a
-    ``key`` (its name first) may fail half-way, so the tensors of ``state``, which it updates in
-    place, are kept and restored."""
-    global _COMPILE_FAILED
-    if _COMPILE_FAILED:
-        return None
-    if key in _COMPILE_WORKED:
-        return fused(*args)
-    saved = [None if t is None else t.clone() for t in state]
-    try:
-        res = fused(*args)
-    except Exception as exc:  # no C++ compiler / Triton, an unsupported platform, ...
-        _COMPILE_FAILED = True
-        warnings.warn(f"the fused {key[0]} could not be compiled ({type(exc).__name__}: {exc}); "
-                      f"running eager from now on (sim.compile=false avoids the attempt)", stacklevel=4)
-        for t, copy in zip(state, saved):
-            if t is not None:
-                t.copy_(copy)
-        return None
-    _COMPILE_WORKED.add(key)
-    return res
-
-
-_COMPILE_FAILED = False
-_COMPILE_WORKED: set = set()  # the keys of run_fused whose first call compiled
 
 
 # ----------------------------------------------------------------- state

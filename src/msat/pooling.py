@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .neurons import StepModule, run_fused
+from .fused import compiled, describe_mismatch, fused_failed, rounding_tolerance, run_guarded
+from .neurons import StepModule
 
 _FUSED: dict = {}
 
@@ -22,8 +23,19 @@ def _fused_pool_step():
     """``_pool_step`` compiled: the add, the window max and the difference in one pass (max and
     subtraction round as in eager mode, so the outputs are the same bits)."""
     if "fn" not in _FUSED:
-        _FUSED["fn"] = torch.compile(_pool_step, dynamic=True)
+        _FUSED["fn"] = compiled(_pool_step)
     return _FUSED["fn"]
+
+
+def _pool_agrees(args, res, e_args, e_res, before):
+    """The guard's comparison (msat.fused): the cumulative input, the window max and the output
+    within rounding of eager (in practice they are the same bits)."""
+    X_e, m_e = e_args[0], e_res[1]
+    tol = rounding_tolerance(X_e.dtype)
+    dX, dm, dy = (args[0] - X_e).abs(), (res[1] - m_e).abs(), (res[0] - e_res[0]).abs()
+    bad = torch.cat([(~(dX <= tol * X_e.abs())).flatten(), (~(dm <= tol * m_e.abs())).flatten(),
+                     (~(dy <= tol * (m_e.abs() + args[1].abs()))).flatten()])
+    return describe_mismatch(bad, {"X": dX, "max": dm, "out": dy})
 
 
 class LIPool(StepModule):
@@ -70,11 +82,12 @@ class LIPool(StepModule):
             return self.Y
         if self.compiled and self.dims == 2 and self.dilation in (1, (1, 1)):
             args = (self.X, self.Y, x, self.kernel_size, self.stride, self.padding, self.ceil_mode)
-            res = run_fused(("LIPool step",), _fused_pool_step(), args, (self.X,))
+            res = run_guarded("LIPool step", _fused_pool_step(), _pool_step, args, (0,), _pool_agrees)
+            if fused_failed():
+                self.compiled = False
             if res is not None:
                 y, self.Y = res
                 return y
-            self.compiled = False
         self.X.add_(x)
         m = self._pool(self.X)  # the max of each window's cumulative input
         y = m - self.Y

@@ -409,8 +409,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                "paired_tests": {ref: {"why": refs[ref], "tests": t} for ref, t in tests.items()},
                "methods": {lab: METHODS[lab] for lab in found},
                "per_method": {lab: {k: r["res"].get(k) for k in ("ann_acc", "firing_rate", "firing_rate_mean", "energy",
-                                                                 "sin", "readout_start", "compiled", "command", "artifact",
-                                                                 "commit")}
+                                                                 "sin", "readout_start", "compiled", "compile", "command",
+                                                                 "artifact", "commit")}
                               for lab, r in found.items()}}
     if args.qcfs_checkpoint:
         details["qcfs"] = {"checkpoint": args.qcfs_checkpoint, "ann_acc_full": ann_full_accuracy(

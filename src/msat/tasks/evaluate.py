@@ -20,6 +20,7 @@ from ..diagnostics import error_monitors, summarize_errors
 from ..distributed import barrier, cleanup, init_distributed, resolve_device
 from ..energy import energy_ratio, layer_ops
 from ..evaluation import check_checkpoints, evaluate_snn, fingerprint, summarize, summarize_curve
+from ..fused import compile_status
 from ..report import format_curve_table, interval_table, save_predictions
 from ..simulation import check_readout_start, check_T, resolve_chunk, resolve_compile, sim_dtype
 from ..sin import check_sc, resolve_sc
@@ -147,6 +148,7 @@ def evaluate_stage(cfg: DictConfig, tr, info, settings: Optional[dict] = None) -
         balancing=conv["balancing"], percentile=conv["percentile"], channelwise=conv["channelwise"],
         passes=conv["passes"], correction=conv["correction"], correction_T=conv["correction_T"],
         readout_start=readout_start, sc=sc, quirk_no_reset=bool(ev.quirk_no_reset), chunk=chunk, compiled=compiled,
+        compile=compile_status(),
         dtype=str(cfg.sim.dtype), seed=int(cfg.seed), subset_seed=int(ev.subset_seed), ann_checkpoint=ckpt_file,
         ann_sha256=sha, artifact=art["_path"], paper=plain(cfg.get("paper", {})), commit=git_commit(),
         hardware=hardware(), command=job_command("evaluate.py"), world_size=info.world, tags=list(cfg.get("tags", [])),
