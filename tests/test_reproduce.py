@@ -10,6 +10,7 @@ import torch
 
 from conftest import ROOT, cli, fake_cifar_tree
 from msat.stats import holm, wilson_interval
+from tables import markdown_table
 
 
 def test_holm_adjustment():
@@ -194,12 +195,19 @@ def test_tables_follow_the_converted_net():
     found = {"msat": {"res": {"acc": acc, "sin": {"ans_last": 1.5}, "best_acc": 85.0, "best_step": 33}}}
     md = tables(summary, found, {}, [32])
     assert "Table 4" not in md and net_title("resnet20", 0.25) == "ResNet-20 (width 0.25) / CIFAR-10"
-    assert "| paper | 96.37 | 96.36 | 0.01 | 174 |" in md
-    assert "| ours | 85.05 | 85.00 (t=33) | 0.05 | 33 |" in md  # first step within 0.1 of the ANN
-    assert "| msat | 1.5000 | 80.00 | 1.972 | 93.30 |" in md
+    table3 = markdown_table(md, "", "ANN", "SNN (best)")
+    assert list(table3.where(_="paper")[0].values()) == ["paper", "96.37", "96.36", "0.01", "174"]
+    ours = table3.where(_="ours")[0]  # the first step within 0.1 of the ANN
+    assert (ours["SNN (best)"], ours["Step"]) == ("85.00 (t=33)", "33")
+    assert [float(ours[k]) for k in ("ANN", "loss")] == pytest.approx([85.05, 0.05])
+    table7 = markdown_table(md, "method", "ANS")
+    assert list(table7.where(method="msat")[0].values()) == ["msat", "1.5000", "80.00", "1.972", "93.30"]
     summary["ann"].update(model="vgg16", width=1.0)
     md = tables(summary, found, {}, [32])
-    assert "Table 4 layout" in md and "| paper | 95.45 | 95.45 | 0.00 | 112 |" in md and "| msat | 1.5000 | 80.00 | 2.92 |" in md
+    assert "Table 4 layout" in md
+    assert list(markdown_table(md, "", "ANN", "SNN (best)").where(_="paper")[0].values()) == [
+        "paper", "95.45", "95.45", "0.00", "112"]
+    assert markdown_table(md, "method", "ANS").where(method="msat")[0]["paper ANS"] == "2.92"
 
 
 def test_a_run_of_another_net_is_not_reused(tmp_path):

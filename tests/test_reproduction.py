@@ -11,6 +11,7 @@ import torch
 from conftest import ROOT, compose
 from msat.report import main as report_main
 from msat.tasks import run_convert, run_evaluate
+from tables import markdown_table, text_table
 
 TINY = ["experiment=demo", "eval.max_samples=20", "eval.checkpoints=[4]", "sin.T=8",
         "calibration.num_batches=2", "eval.plots=false", "progress=false"]
@@ -40,13 +41,16 @@ def test_multirun_over_experiments_survives_a_failing_job(ckpt_root):
     # the report over the sweep: one markdown table, one overlaid PNG for the fig5 group
     assert report_main([str(sweep)]) == 0
     md = (sweep / "report.md").read_text()
-    assert md.count("| const") >= 3 and "## Fig. 5" in md
+    fig5 = md.split("## Fig. 5")[1].split("\n## ")[0]
+    runs = {r["run"] for r in markdown_table(fig5, "run", "dataset / model", "metric").rows}
+    assert runs == {"const (fig5_const)", "const_0.2 (fig5_const_0.2)", "const_0.5 (fig5_const_0.5)"}
     assert (sweep / "report_plots" / "fig5_digits_vgg16.png").exists()
     # every run saved its per-image results (the default), so the report pairs them: no msat run
     # here, so the first run is the reference and the other two are tested against it at T=4
     assert len(list(sweep.rglob("predictions.pt"))) == 3
-    paired = md.split("## Paired tests on the same images")[1].split("## ")[0]
-    assert paired.count("| 4 |") == 2 and "95% Wilson intervals" in md
+    paired = markdown_table(md, "run A", "run B", "T")
+    assert len(paired.rows) == 2 and paired.column("T") == ["4", "4"]
+    assert len({r["run B"] for r in paired.rows}) == 1 and "95% Wilson intervals" in md
 
 
 def test_bad_config_fails_before_any_run_or_file(ckpt_root):
@@ -78,21 +82,22 @@ def test_report_on_two_results(tmp_path, capsys):
                  paper={"table": "Table 3", "ann": 95.45, "snn": 95.45, "loss": 0.0, "step": 112})
     assert report_main([str(tmp_path), "--no-plots"]) == 0
     md = (tmp_path / "report.md").read_text()
-    lines = md.splitlines()
-    row16 = next(line for line in lines if "| acc T=16 |" in line)
-    cells = [c.strip() for c in row16.split("|")]
-    assert cells[4:7] == ["16.00", "73.42", "-57.42"]
-    assert "`python evaluate.py experiment=table4_vgg16_cifar10`" in row16 and "abc123def456" in row16
-    assert "Test CPU" in row16
-    ann = next(line for line in lines if "Table 3" not in line and "| ANN acc |" in line and "table3" in line)
-    assert "| 95.50 | 95.45 | 0.05 |" in ann
-    step = next(line for line in lines if "Step (first t" in line)
-    assert "| - | 112 | - |" in step  # never within tol in 64 steps
     assert "## Table 3" in md and "## Table 4" in md
-    # the side-by-side curves
+    head = ("run", "dataset / model", "metric")
+    table4 = markdown_table(md.split("## Table 4")[1], *head)
+    row16 = table4.where(metric="acc T=16")[0]
+    assert (row16["ours"], row16["paper"], row16["diff"]) == ("16.00", "73.42", "-57.42")
+    assert row16["command"] == "`python evaluate.py experiment=table4_vgg16_cifar10`"
+    assert row16["commit"] == "abc123def456" and row16["hardware"] == "Test CPU, 2 cores"
+    table3 = markdown_table(md.split("## Table 3")[1].split("## Table 4")[0], *head)
+    ann = table3.where(metric="ANN acc")[0]
+    assert (ann["ours"], ann["paper"], ann["diff"]) == ("95.50", "95.45", "0.05")
+    step = next(r for r in table3.rows if r["metric"].startswith("Step (first t"))
+    assert (step["ours"], step["paper"], step["diff"]) == ("-", "112", "-")  # never within tol in 64 steps
+    # the side-by-side curves: the report steps up to the runs' T = 64
     assert report_main([str(tmp_path), "--curves"]) == 0
-    out = capsys.readouterr().out
-    assert "T=16" in out and "T=64" in out and "T=128" not in out
+    curves = text_table(capsys.readouterr().out, "run", "dataset / model", "ANN")
+    assert [h for h in curves.head if h.startswith("T=")] == ["T=16", "T=32", "T=64"]
 
 
 def test_report_compares_runs_by_layer_errors(tmp_path):
@@ -109,11 +114,14 @@ def test_report_compares_runs_by_layer_errors(tmp_path):
     assert report_main([str(tmp_path), "--no-plots"]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "## Where the SNN departs from the ANN" in md
-    table = error_table([json.loads((tmp_path / "a" / "results.json").read_text())], steps=(32, 256))
-    head, _, row = table.splitlines()
-    assert "rel_l2 last T=32" in head and "T=256" not in head  # steps past the run's T are left out
-    cells = [c.strip() for c in row.split("|")][1:-1]
-    assert cells[2:] == [f"{1 / 32:.4f}", f"{0.6 / 32:.4f}", f"{0.8 / 32:.4f}", "1 (relu_1)"]
+    table = markdown_table(error_table([json.loads((tmp_path / "a" / "results.json").read_text())], steps=(32, 256)),
+                           "run")
+    assert table.head[2:] == ["rel_l2 last T=32", "qc last T=32", "sin last T=32", "first layer > 0.5 T=32"]
+    (row,) = table.rows  # steps past the run's T are left out
+    assert float(row["rel_l2 last T=32"]) == pytest.approx(1 / 32, abs=1e-4)
+    assert float(row["qc last T=32"]) == pytest.approx(0.6 / 32, abs=1e-4)
+    assert float(row["sin last T=32"]) == pytest.approx(0.8 / 32, abs=1e-4)
+    assert row["first layer > 0.5 T=32"] == "1 (relu_1)"
     assert error_table([{"acc": [1.0]}]) == ""
 
 
@@ -133,10 +141,11 @@ def test_curve_table_has_columns_for_short_runs():
                  best_step=2),
             dict(method="msat", dataset="d", model="m", ann_acc=90.0, acc=[float(t) for t in range(1, 33)], best_acc=32.0,
                  best_step=32)]
-    lines = curve_table(runs, markdown=True).splitlines()
-    assert lines[0].startswith("| run | dataset / model | ANN | T=2 | T=16 | T=32 | best")
-    assert "| mt-snn, trained T=2 | d / m | 90.00 | 80.00 | - | - | 80.00 |" in lines[2]
-    assert "| 2.00 | 16.00 | 32.00 |" in lines[3]
+    table = markdown_table(curve_table(runs, markdown=True), "run")
+    assert table.head[:7] == ["run", "dataset / model", "ANN", "T=2", "T=16", "T=32", "best"]
+    short, long = table.rows
+    assert short["run"] == "mt-snn, trained T=2" and [short[k] for k in ("T=2", "T=16", "T=32")] == ["80.00", "-", "-"]
+    assert [float(long[k]) for k in ("T=2", "T=16", "T=32")] == [2.0, 16.0, 32.0]
 
 
 def test_report_without_results_is_an_error(tmp_path, capsys):
@@ -213,12 +222,15 @@ def test_report_gives_intervals_and_paired_tests(tmp_path, capsys):
     assert report_main([str(tmp_path), "--curves"]) == 0
     out = capsys.readouterr().out
     lo, hi = wilson_interval(round(runs["msat"][:, 1].float().mean().item() * n), n)
-    assert f"{lo:.1f}-{hi:.1f}" in out
+    intervals = text_table(out.split("95% Wilson intervals:")[1], "run", "n")
+    assert intervals.where(run="msat")[0]["T=32"] == f"{lo:.1f}-{hi:.1f}"
     a_only = int((better[:, 1] & ~base[:, 1]).sum())
     assert a_only > 0
-    line = next(x for x in out.splitlines() if x.startswith("const ") and " 32 " in x and "msat" in x)
-    assert line.split()[5:7] == ["0", str(a_only)] and "msat beats const" in line  # const only, msat only
-    assert "dtt" not in out.split("paired tests")[1].split("\n", 1)[1]  # 100 other images: no pairing
+    paired = text_table(out.split("paired tests")[1], "run A", "run B", "T")
+    (row,) = paired.where(run_A="const", run_B="msat", T=32)
+    assert (row["A only"], row["B only"]) == ("0", str(a_only))  # const only, msat only
+    assert row["reading (Holm)"].startswith("msat beats const")
+    assert {r["run A"] for r in paired.rows} == {"const"}  # dtt: 100 other images, no pairing
     assert report_main([str(tmp_path), "--no-plots"]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "## Paired tests on the same images" in md and "95% Wilson intervals" in md
@@ -238,11 +250,10 @@ def test_report_pairs_named_runs_instead_of_one_reference(tmp_path, capsys):
         atomic_save({"format_version": 1, "kind": "predictions", "steps": [2, 4], "correct": c,
                      "subset_seed": 0, "n_samples": n}, tmp_path / name / "predictions.pt")
     assert report_main([str(tmp_path), "--curves", "--pair", "mt", "st"]) == 0
-    rows = [x.split() for x in capsys.readouterr().out.split("paired tests")[1].splitlines()
-            if x.startswith(("mt ", "st ", "msat "))]
-    assert [(r[0], r[1], r[2]) for r in rows] == [("mt", "st", "2"), ("mt", "st", "4")]  # msat not tested
+    rows = text_table(capsys.readouterr().out.split("paired tests")[1], "run A", "run B", "T").rows
+    assert [(r["run A"], r["run B"], r["T"]) for r in rows] == [("mt", "st", "2"), ("mt", "st", "4")]  # msat not tested
     a_only = int((correct["mt"][:, 1] & ~correct["st"][:, 1]).sum())
-    assert rows[1][5] == str(a_only)
+    assert rows[1]["A only"] == str(a_only)
     assert report_main([str(tmp_path), "--curves", "--pair", "mt", "nope"]) == 2
     assert "--pair 'mt' 'nope'" in capsys.readouterr().err
     # the markdown report too, into a folder that does not exist yet
