@@ -89,6 +89,7 @@ def wandb_run(
     import wandb
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    offline = mode == "offline"
     run = wandb.init(
         project=cfg.get("project", "msat"),
         entity=cfg.get("entity"),
@@ -102,6 +103,9 @@ def wandb_run(
         id=run_id,
         resume="allow" if run_id else None,
         reinit="finish_previous",
+        # offline, W&B's own closing summary (sparklines of every metric) would bury the run's
+        # table: one line below says where the run is and how to upload it
+        settings=wandb.Settings(silent=True) if offline else None,
     )
     try:
         yield Tracker(run)
@@ -110,6 +114,9 @@ def wandb_run(
         raise
     finally:
         wandb.finish()
+        if offline:
+            where = run.settings.sync_dir
+            print(f"W&B run saved offline in {where}; upload it with: wandb sync {where}", flush=True)
 
 
 @functools.cache
