@@ -5,7 +5,7 @@ PYTEST := WANDB_MODE=disabled $(PYTHON) -m pytest
 DEMO_OUT ?= outputs/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-e2e check test-full demo report reproduce-cifar10 search-cifar10 lint bench clean
+.PHONY: help install test test-e2e test-isa check test-full demo report reproduce-cifar10 search-cifar10 lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -22,9 +22,14 @@ test: install ## the fast tier (under 3 minutes): no subprocess runs, no trainin
 test-e2e: install ## the end-to-end tier: the CLI as a user runs it, training, the reproduction's quick mode
 	$(PYTEST) -m "e2e and not slow" -q
 
-check: install ## what CI runs: the fast tier, then the end-to-end tier
+test-isa: install ## the compiled-vs-eager agreement tests again under ATEN_CPU_CAPABILITY=avx2, with a compiler cache of their own
+	@cache=$$(mktemp -d) && ATEN_CPU_CAPABILITY=avx2 TORCHINDUCTOR_CACHE_DIR=$$cache $(PYTEST) -m compile -q -p no:cacheprovider; \
+		rc=$$?; rm -rf $$cache; exit $$rc
+
+check: install ## what CI runs: the fast tier, the end-to-end tier, then the compiled-vs-eager tests under AVX2
 	$(PYTEST) -m "not slow and not e2e" -q
 	$(PYTEST) -m "e2e and not slow" -q
+	$(MAKE) -s test-isa
 
 test-full: install ## every test, the slow real-data runs included
 	$(PYTEST) -q
