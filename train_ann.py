@@ -2,7 +2,7 @@
 
 import hydra
 
-from msat.tasks import run_train, user_errors
+from msat.harness.tasks import run_train, user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -27,8 +27,8 @@ def main() -> None:
     import simulate as b  # that checkout's benchmark helpers and package
 
     import msat
-    from msat.calibration import calibrate
-    from msat.conversion import prepare_ann
+    from msat.conversion.lam import calibrate
+    from msat.conversion.prepare import prepare_ann
 
     if not Path(msat.__file__).resolve().is_relative_to(repo):
         raise SystemExit(f"msat was imported from {msat.__file__}, not from {repo}")

@@ -18,8 +18,8 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "src")]
 import simulate as bench  # noqa: E402
 
-from msat.calibration import calibrate  # noqa: E402
-from msat.conversion import prepare_ann  # noqa: E402
+from msat.conversion.lam import calibrate  # noqa: E402
+from msat.conversion.prepare import prepare_ann  # noqa: E402
 
 
 def main() -> None:

@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from simulate import _proc_status, build  # noqa: E402
 
 import msat  # noqa: E402
-from msat.calibration import calibrate  # noqa: E402
-from msat.conversion import prepare_ann  # noqa: E402
-from msat.network import build_snn  # noqa: E402
-from msat.simulation import iterate_steps  # noqa: E402
+from msat.conversion.build import build_snn  # noqa: E402
+from msat.conversion.lam import calibrate  # noqa: E402
+from msat.conversion.prepare import prepare_ann  # noqa: E402
+from msat.spiking.simulation import iterate_steps  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 ap.add_argument("method", choices=["const", "msat", "dtt", "det"])

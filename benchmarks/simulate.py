@@ -51,16 +51,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import msat  # noqa: E402
-from msat.calibration import calibrate  # noqa: E402
-from msat.conversion import prepare_ann  # noqa: E402
-from msat.network import build_snn  # noqa: E402
-from msat.simulation import (  # noqa: E402
-    COMPILE_MIN_UPDATES,
-    iterate_steps,  # noqa: E402
-    neuron_count,
-    resolve_compile,
-)
-from msat.simulation import resolve_chunk as sim_chunk  # noqa: E402
+from msat.conversion.build import build_snn  # noqa: E402
+from msat.conversion.lam import calibrate  # noqa: E402
+from msat.conversion.prepare import prepare_ann  # noqa: E402
+from msat.spiking.simulation import COMPILE_MIN_UPDATES, iterate_steps, neuron_count, resolve_compile  # noqa: E402
+from msat.spiking.simulation import resolve_chunk as sim_chunk  # noqa: E402
 
 NETS = {"vgg16": ("vgg16", "vgg16"), "resnet20_thin": ("resnet20", "resnet20")}  # net -> (zoo name, Table 2 row)
 
@@ -112,7 +107,7 @@ def run_dense(model, x, T):
 
 
 def run_spikingjelly(model, calib, x, T):
-    from msat.gpu.speed import spikingjelly_net  # the converter call the GPU plan times too
+    from msat.harness.gpu.speed import spikingjelly_net
 
     net, reset_net = spikingjelly_net(model, calib, x.device)
 

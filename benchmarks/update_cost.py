@@ -7,7 +7,7 @@
    the full update with a polynomial ``exp`` that inductor inlines (timing only: it rounds
    differently), no ``exp`` at all (the same memory traffic), and one ``exp`` kept.
 3. The per-call overhead of the compiled call (guards, dispatch), with tiny tensors.
-4. exp's argument floored at -60 (``msat.thresholds._EXP_FLOOR``) against no floor, on the
+4. exp's argument floored at -60 (``msat.spiking.thresholds._EXP_FLOOR``) against no floor, on the
    thin ResNet at a long T (``--floor-T``), where silent membranes drift far below zero.
 
 Each figure is the median over rounds (state cloned before each call, not timed).
@@ -30,10 +30,12 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1] / "src")]
 import simulate as bench  # noqa: E402
 
-from msat import neurons, thresholds  # noqa: E402
-from msat.calibration import calibrate  # noqa: E402
-from msat.conversion import prepare_ann  # noqa: E402
-from msat.thresholds import MSAT, TABLE2  # noqa: E402
+from msat.conversion.lam import calibrate  # noqa: E402
+from msat.conversion.methods import TABLE2  # noqa: E402
+from msat.conversion.prepare import prepare_ann  # noqa: E402
+from msat.spiking import neuron as neurons  # noqa: E402
+from msat.spiking import thresholds  # noqa: E402
+from msat.spiking.thresholds import MSAT  # noqa: E402
 
 
 def per_update(call, make_state, n: int, rounds: int = 5) -> float:

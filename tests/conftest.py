@@ -22,10 +22,10 @@ def _seeded():
     """Every test starts from the same global RNG state, so random test inputs are the same
     on every run (a failure reproduces), and with the compile guard's record of this process
     cleared (a fallback in one test does not turn compilation off in the next)."""
-    import msat.fused
+    import msat.spiking.fused
 
     torch.manual_seed(0)
-    msat.fused.reset_guard()
+    msat.spiking.fused.reset_guard()
 
 
 E2E_FIXTURES = {"digits_run", "ckpt_root", "curves", "fm_run"}  # fixtures that train or run the CLI
@@ -60,7 +60,7 @@ def compose(overrides=(), root=None, config_name="config"):
     from hydra import compose as hcompose
     from hydra import initialize_config_dir
 
-    import msat.config  # noqa: F401  (method schema)
+    import msat.harness.config  # noqa: F401  (the method schema)
 
     extra = []
     if root is not None:

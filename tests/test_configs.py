@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import CONF, ROOT, compose
-from msat.neurons import TABLE2
+from msat.conversion.methods import TABLE2
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -86,8 +86,7 @@ def test_wandb_sweep_parameters_are_valid_overrides(tmp_path):
 
 def test_the_recorded_commit_is_the_one_loaded():
     """A multirun that outlives a commit records the code it loaded (read once per process)."""
-    import msat.tasks  # noqa: F401  (pins the commit at import)
-    from msat.tracking import git_commit
+    from msat.harness.tracking import git_commit
 
     pinned = git_commit.cache_info().currsize == 1  # read when msat.tasks was imported
     assert pinned and git_commit() is git_commit()
@@ -100,7 +99,7 @@ def test_the_recorded_commit_is_the_one_loaded():
 ])
 def test_spike_confidence_values_are_checked_with_sc_off_too(tmp_path, override, match):
     """``method=msat`` has SC off; a value out of range is still a mistake, refused before a checkpoint is read."""
-    from msat.tasks.evaluate import eval_settings
+    from msat.harness.tasks.evaluate import eval_settings
 
     cfg = compose(["experiment=demo", "method=msat", override], tmp_path)
     assert not cfg.method.sc.enabled

@@ -5,9 +5,9 @@ from torch import nn
 
 import msat
 from msat import ConversionError
-from msat.calibration import LamObserver, calibrate
-from msat.conversion import prepare_ann
-from msat.pooling import LIPool
+from msat.conversion.lam import LamObserver, calibrate
+from msat.conversion.prepare import prepare_ann
+from msat.spiking.pooling import LIPool
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

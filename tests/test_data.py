@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import CIFAR_JPEG, compose
-from msat.data import CIFAR10_CLASSES, DatasetError, EpochBatchSampler, build_splits, fashion_mnist_available
+from msat.harness.data import CIFAR10_CLASSES, DatasetError, EpochBatchSampler, build_splits, fashion_mnist_available
 
 needs_fmnist = pytest.mark.skipif(not fashion_mnist_available(),
                                   reason="Debian package dataset-fashion-mnist is not installed")

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import msat
-from msat.diagnostics import first_layer_over
+from msat.analysis.errors import first_layer_over
 
 
 def _one_layer(lam=1.0, n=6):

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import msat
-import msat.fused as fused
-import msat.neurons as neurons
-import msat.pooling as pooling
-from msat.pooling import LIPool
+import msat.spiking.fused as fused
+import msat.spiking.neuron as neurons
+import msat.spiking.pooling as pooling
+from msat.spiking.pooling import LIPool
 
 
 def _net():
@@ -123,7 +123,7 @@ def test_the_compiler_cache_is_kept_apart_per_cpu_capability(monkeypatch, tmp_pa
 CROSS_ISA = textwrap.dedent("""
     import json, sys, warnings
     import torch
-    import msat, msat.fused
+    import msat, msat.spiking.fused
     torch.manual_seed(3)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                               torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 5)).eval()
@@ -135,7 +135,7 @@ CROSS_ISA = textwrap.dedent("""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = msat.simulate(snn, x, 12)
-    print(json.dumps({"status": msat.fused.compile_status(), "warnings": [str(w.message) for w in caught],
+    print(json.dumps({"status": msat.spiking.fused.compile_status(), "warnings": [str(w.message) for w in caught],
                       "same_predictions": bool(torch.equal(out.argmax(-1), eager.argmax(-1))),
                       "max_rel": float(((out - eager).abs() / eager.abs().clamp(min=1e-6)).max())}))
 """)
@@ -160,7 +160,7 @@ def test_two_cpu_capabilities_one_machine(tmp_path):
     own and both run compiled, with the eager predictions; with one folder the user shares between
     them, the second run either finds its own kernels or the guard catches the foreign ones: its
     predictions are the eager ones either way."""
-    from msat.simulation import compile_available
+    from msat.spiking.simulation import compile_available
 
     if not compile_available(torch.device("cpu")):
         pytest.skip("torch.compile has no working backend here")

@@ -32,7 +32,7 @@ def test_cuda_layer_major_float64_identical():
 
 def test_amp_channels_last_training_step(tmp_path):
     from conftest import compose
-    from msat.tasks import run_train
+    from msat.harness.tasks import run_train
 
     cfg = compose(["dataset=digits", "model.width=0.25", "train.epochs=1", "train.amp=true",
                    "train.channels_last=true", "device=cuda"], tmp_path)

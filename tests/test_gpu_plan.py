@@ -1,4 +1,4 @@
-"""The GPU plan (scripts/gpu/run.sh, msat.gpu) on the CPU: the packed data, the stage runner's
+"""The GPU plan (scripts/gpu/run.sh, msat.harness.gpu) on the CPU: the packed data, the stage runner's
 time budgets, the augmentation, the checkpoint shards, and a dry run of every stage."""
 
 import json
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import fake_cifar_tree
-from msat.gpu import cli
-from msat.gpu.budget import Runner, Stage
-from msat.gpu.packed import PackedDataError, decode, pack_cifar10, read_index
-from msat.gpu.stages import augment, join_shards, lr_at, save_shards
+from msat.harness.gpu import cli
+from msat.harness.gpu.budget import Runner, Stage
+from msat.harness.gpu.packed import PackedDataError, decode, pack_cifar10, read_index
+from msat.harness.gpu.stages import augment, join_shards, lr_at, save_shards
 
 
 @pytest.fixture(scope="module")

@@ -1,54 +1,24 @@
-"""The package's shape: no import cycles (function-level imports included) and no module
-past the size at which it stops having one job."""
+"""The package's shape: no import cycles (function-level imports included), no module past the
+size at which it stops having one job, no function past 80 lines, and the parts stacked one way:
+the spiking core knows nothing of conversion, conversion nothing of the harness."""
 
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "src" / "msat"
+import pytest
+
+from scripts.layout import PKG, import_graph, part_of
+
 MAX_LINES = 450
-
-
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(PKG.parent).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
-def _imports(path: Path) -> set[str]:
-    """Every msat module this file imports, at any depth of the file (functions included)."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("msat")}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            elif node.module and node.module.startswith("msat"):
-                mod = node.module
-            else:
-                continue
-            found.add(mod)
-            for a in node.names:  # `from . import x` may name a submodule
-                if (PKG.parent / (mod.replace(".", "/") + "/" + a.name + ".py")).exists():
-                    found.add(f"{mod}.{a.name}")
-    return found
-
-
-def _graph() -> dict[str, set[str]]:
-    files = {_module_name(p): p for p in PKG.rglob("*.py")}
-    graph = {}
-    for name, path in files.items():
-        deps = {d for d in _imports(path) if d in files and d != name}
-        # a package's __init__ re-exports its modules; importing a submodule runs the parent's
-        # __init__, which is the usual (acyclic) direction, so parents are not edges
-        graph[name] = {d for d in deps if not name.startswith(d + ".")}
-    return graph
+MAX_FUNCTION_LINES = 80
+# what each part may import (besides itself); the harness and the package root may import anything
+ALLOWED = {
+    "msat.util": set(),
+    "msat.spiking": {"msat.util"},
+    "msat.models": {"msat.util", "msat.spiking"},
+    "msat.conversion": {"msat.util", "msat.spiking", "msat.models"},
+    "msat.analysis": {"msat.util", "msat.spiking", "msat.models", "msat.conversion"},
+}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -78,18 +48,46 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_no_import_cycles_even_through_function_level_imports():
-    graph = _graph()
-    assert "msat.neurons" in graph and "msat.api" in graph
+    graph = import_graph()
+    assert "msat.spiking.neuron" in graph and "msat.conversion.pipeline" in graph
     cycles = _cycles(graph)
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+def test_the_parts_import_one_way():
+    """util <- spiking <- models <- conversion <- analysis <- harness: a part imports only the parts
+    below it."""
+    wrong = []
+    for mod, deps in import_graph().items():
+        part = part_of(mod)
+        if part in ALLOWED:
+            wrong += [f"{mod} -> {d}" for d in deps if part_of(d) != part and part_of(d) not in ALLOWED[part]]
+    assert wrong == []
+
+
 def test_no_module_imports_the_package_root():
     """The root __init__ re-exports; a module that imports it would close a cycle."""
-    offenders = [n for n, deps in _graph().items() if n != "msat" and "msat" in deps]
+    offenders = [n for n, deps in import_graph().items() if n != "msat" and "msat" in deps]
     assert offenders == []
 
 
 def test_modules_stay_small():
     big = {p.relative_to(PKG).as_posix(): n for p in PKG.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert big == {}, f"modules over {MAX_LINES} lines: {big}"
+
+
+@pytest.mark.xfail(strict=True, reason="the long functions are split in the commits that follow the move")
+def test_functions_stay_short():
+    long = []
+    for p in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= MAX_FUNCTION_LINES:
+                long.append(f"{p.relative_to(PKG)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert long == [], f"functions of {MAX_FUNCTION_LINES} lines or more: {long}"
+
+
+def test_the_layout_script_runs():
+    from scripts.layout import main
+
+    assert main([]) == 0 and main(["--modules"]) == 0
+    assert Path(PKG / "spiking" / "neuron.py").exists()

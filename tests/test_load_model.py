@@ -7,7 +7,7 @@ import torch
 
 import msat
 from conftest import CIFAR_JPEG, ROOT
-from msat.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save
+from msat.harness.checkpoint import FORMAT_VERSION, CheckpointError, atomic_save
 
 COMMITTED = ROOT / "docs/results/cifar10/vgg16_w0.25.pt"
 
@@ -24,7 +24,7 @@ def test_committed_checkpoint_matches_its_sha256_and_loads_in_eval_mode():
 @pytest.mark.slow
 @pytest.mark.skipif(not (CIFAR_JPEG / "test").is_dir(), reason=f"CIFAR-10 JPEG folder not found at {CIFAR_JPEG}")
 def test_committed_checkpoint_scores_at_least_85_percent_on_all_jpeg_test_images():
-    from msat.reproduce import ann_full_accuracy
+    from msat.harness.reproduce import ann_full_accuracy
 
     acc, n = ann_full_accuracy(COMMITTED, CIFAR_JPEG, None)
     assert n == 10000 and acc >= 85.0, acc
@@ -52,7 +52,7 @@ def test_bad_files_name_the_file_and_what_it_is(tmp_path):
 
 
 def test_a_spec_mismatch_names_each_difference_once():
-    from msat.checkpoint import check_model_spec, model_spec
+    from msat.harness.checkpoint import check_model_spec, model_spec
 
     saved = model_spec("vgg16", 10, 3, 0.25)
     with pytest.raises(CheckpointError) as err:

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import msat
-from msat.balancing import ltb_lam
-from msat.conversion import prepare_ann
-from msat.corrections import _ann_means, layer_rates
+from msat.conversion.corrections import _ann_means, layer_rates
+from msat.conversion.lam import ltb_lam
+from msat.conversion.prepare import prepare_ann
 
 
 def trained_like_vgg(seed=0):
@@ -125,7 +125,7 @@ def test_qcfs_models_and_bad_settings():
 
 def test_qcfs_training_config(cfg_factory):
     cfg = cfg_factory("model.activation=qcfs", "model.levels=4")
-    from msat.tasks.hydra_utils import cfg_model_spec
+    from msat.harness.tasks.hydra_utils import cfg_model_spec
 
     spec = cfg_model_spec(cfg)
     assert spec["activation"] == "qcfs" and spec["levels"] == 4
@@ -134,7 +134,7 @@ def test_qcfs_training_config(cfg_factory):
 
 
 def test_a_relu_net_starts_a_qcfs_fine_tune_of_the_same_layout():
-    from msat.checkpoint import CheckpointError, load_init_weights
+    from msat.harness.checkpoint import CheckpointError, load_init_weights
 
     relu = trained_like_vgg()
     ckpt = {"model_spec": {"name": "vgg16", "num_classes": 10, "in_channels": 1, "width": 0.125}, "model": relu.state_dict()}
@@ -270,7 +270,7 @@ def test_report_renders_the_comparison_rows_beside_the_papers_numbers(tmp_path):
     import json
 
     from conftest import CONF, compose
-    from msat.report import main as report_main
+    from msat.harness.report import main as report_main
     from tables import markdown_tables
 
     names = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")

@@ -7,11 +7,12 @@ import torch
 
 import msat
 from conftest import compose
-from msat.checkpoint import CheckpointError, load_ann_checkpoint
-from msat.mt import PLIF, RectHeaviside, check_deltas
-from msat.neurons import TABLE2, IFNeuron
-from msat.tasks import run_convert, run_evaluate, run_train_snn
-from msat.training import TrainingInterrupted
+from msat.conversion.methods import TABLE2
+from msat.harness.checkpoint import CheckpointError, load_ann_checkpoint
+from msat.harness.tasks import run_convert, run_evaluate, run_train_snn
+from msat.harness.training import TrainingInterrupted
+from msat.spiking.neuron import IFNeuron
+from msat.spiking.plif import PLIF, RectHeaviside, check_deltas
 from reference import run_neuron
 
 
@@ -53,7 +54,7 @@ def test_burst_in_api_and_energy_counts_every_spike():
     x = torch.randn(4, 1, 16, 16)
     snn = msat.convert(m, [x], method="const", max_spikes=4)
     assert all(n.max_spikes == 4 for n in snn.neurons)
-    from msat.monitors import FiringMonitor
+    from msat.spiking.monitors import FiringMonitor
 
     fm = FiringMonitor(20)
     counts = []
@@ -196,7 +197,7 @@ def test_method_max_spikes_below_one_is_an_error(ckpt_root):
 
 
 def test_multistep_evaluation_keeps_each_images_correctness():
-    from msat.evaluation import evaluate_multistep
+    from msat.harness.evaluation import evaluate_multistep
 
     torch.manual_seed(0)
     m = msat.create_model("mt_vgg9", 4, 1, 0.125, T=2, input_size=8)

@@ -5,9 +5,11 @@ import torch
 import torch.nn.functional as F
 
 import msat
-import msat.fused
-from msat.neurons import TABLE2, IFNeuron, check_threshold_args
-from msat.pooling import LIPool
+import msat.spiking.fused
+from msat.conversion.methods import TABLE2
+from msat.spiking.neuron import IFNeuron
+from msat.spiking.pooling import LIPool
+from msat.spiking.thresholds import check_threshold_args
 from reference import run_neuron
 
 VGG = TABLE2["vgg16"]
@@ -132,7 +134,7 @@ def test_extreme_inputs_give_no_nan():
 def test_the_exp_floor_changes_no_bit(dtype, monkeypatch):
     """exp's argument is floored at -60 (speed: no subnormal results); where that matters, exp
     is added to a number >= 1, so theta keeps every bit, from d and x far beyond exp's range."""
-    from msat import thresholds
+    from msat.spiking import thresholds
 
     g = torch.Generator().manual_seed(0)
     vals = torch.cat([torch.randn(20000, generator=g, dtype=dtype) * sc for sc in (0.3, 3, 30, 300, 3000)]
@@ -149,7 +151,7 @@ def test_the_exp_floor_changes_no_bit(dtype, monkeypatch):
 
 def test_a_dtt_power_above_one_gives_no_nan():
     # tau_mp * k_a > 1: (1 + e^d)^power overflows for a large d; theta's limit there is 1, not inf/inf
-    from msat import thresholds
+    from msat.spiking import thresholds
 
     rule = thresholds.MSAT(**dict(VGG, k_a=1.3, k_i=0.7))
     d = torch.tensor([-1e4, -50.0, 0.0, 50.0, 100.0, 1e4])
@@ -266,7 +268,7 @@ def test_fused_lipool_gives_the_same_bits_as_eager():
     """sim.compile also fuses the LIPool step (add, window max, difference): max and
     subtraction round as in eager mode, so the outputs are identical, overlapping windows,
     padding and ceil_mode included."""
-    from msat.simulation import compile_available
+    from msat.spiking.simulation import compile_available
 
     if not compile_available(torch.device("cpu")):
         pytest.skip("torch.compile has no working backend here")
@@ -278,7 +280,7 @@ def test_fused_lipool_gives_the_same_bits_as_eager():
         a = torch.stack([eager(x) for x in xs])
         b = torch.stack([fused(x) for x in xs])
         assert torch.equal(a, b), kw
-    status = msat.fused.compile_status()
+    status = msat.spiking.fused.compile_status()
     assert status["ran_compiled"] and not status["guard_fell_back"]  # it ran fused, no fallback
     assert fused.compiled
 
@@ -286,8 +288,8 @@ def test_fused_lipool_gives_the_same_bits_as_eager():
 def test_a_fused_step_that_cannot_compile_falls_back_to_eager(monkeypatch):
     """Where torch.compile fails (no compiler), the first fused call's half-done update is
     undone, one warning says so, and neurons and LIPool run eager with the eager results."""
-    import msat.neurons as neurons
-    import msat.pooling as pooling
+    import msat.spiking.neuron as neurons
+    import msat.spiking.pooling as pooling
 
     def broken(state_arg):  # a half-done in-place update of the state, then the failure
         def fused(*args):
@@ -296,7 +298,7 @@ def test_a_fused_step_that_cannot_compile_falls_back_to_eager(monkeypatch):
 
         return fused
 
-    msat.fused.reset_guard()
+    msat.spiking.fused.reset_guard()
     monkeypatch.setattr(neurons, "_compiled_step", lambda with_stats: broken(2))  # (rule, max_spikes, v, ...)
     monkeypatch.setattr(pooling, "_fused_pool_step", lambda: broken(0))  # (X, Y, x, ...)
     torch.manual_seed(1)
@@ -310,10 +312,10 @@ def test_a_fused_step_that_cannot_compile_falls_back_to_eager(monkeypatch):
     with pytest.warns(RuntimeWarning, match="could not be compiled") as caught:
         fallen = msat.simulate(snn, x, 6)
     assert len([w for w in caught if "could not be compiled" in str(w.message)]) == 1
-    assert torch.equal(fallen, eager) and msat.fused.compile_status()["guard_fell_back"]
+    assert torch.equal(fallen, eager) and msat.spiking.fused.compile_status()["guard_fell_back"]
     assert not any(m.compiled for m in snn.modules() if isinstance(m, (neurons.IFNeuron, LIPool)))
     # a pool alone: its cumulative input is restored too
-    msat.fused.reset_guard()
+    msat.spiking.fused.reset_guard()
     xs = torch.rand(4, 1, 2, 4, 4, dtype=torch.float64)
     plain, failing = LIPool(2), LIPool(2)
     failing.compiled = True
@@ -347,7 +349,7 @@ def test_a_new_threshold_rule_is_one_registered_class():
     ``threshold:``): this one, a threshold that halves after the first step, runs through
     convert and simulate with no other change."""
     from msat import ThresholdRule, register_rule
-    from msat.neurons import THRESHOLD_RULES
+    from msat.spiking.thresholds import THRESHOLD_RULES
 
     @register_rule("test_halving")
     class Halving(ThresholdRule):
@@ -374,8 +376,8 @@ def test_compile_changes_the_code_path_not_the_results(method, monkeypatch):
     """sim.compile / snn.set_compile(True) runs the fused step (torch.compile of the same
     if_step); in float64 const outputs are equal exactly, MSAT's up to the last bits of exp
     (the fused kernel's exp is not MKL's), with the same predictions at every step."""
-    import msat.neurons as neurons
-    from msat.simulation import compile_available
+    import msat.spiking.neuron as neurons
+    from msat.spiking.simulation import compile_available
 
     if not compile_available(torch.device("cpu")):
         pytest.skip("torch.compile has no working backend here")
@@ -397,7 +399,7 @@ def test_compile_changes_the_code_path_not_the_results(method, monkeypatch):
     fused = msat.simulate(snn, x, 20)
     assert calls["n"] == 20 * len(snn.neurons)
     assert all(n.compiled for n in snn.neurons)  # it did not fall back to eager
-    status = msat.fused.compile_status()
+    status = msat.spiking.fused.compile_status()
     assert status["ran_compiled"] and not status["guard_fell_back"], status
     tol = 0 if method == "const" else 1e-12
     torch.testing.assert_close(fused, eager, rtol=tol, atol=tol)

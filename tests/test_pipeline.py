@@ -5,8 +5,8 @@ import json
 import pytest
 
 from conftest import cli, compose, wandb_offline_history
-from msat.checkpoint import CheckpointError, atomic_save, safe_load
-from msat.tasks import run_convert, run_evaluate
+from msat.harness.checkpoint import CheckpointError, atomic_save, safe_load
+from msat.harness.tasks import run_convert, run_evaluate
 
 DEMO = ["experiment=demo"]
 
@@ -59,7 +59,7 @@ def test_statistics_are_reported(curves):
     th = r["theta_traces"][3]
     assert all(lo <= hi for lo, hi in zip(th["p10"], th["p90"]))
     e = r["energy"]
-    from msat.energy import energy_ratio_from_totals
+    from msat.analysis.energy import energy_ratio_from_totals
 
     assert e["op_ann_first"] > 0 and e["op_snn_rest"] > 0
     assert e["energy_ratio"] == pytest.approx(
@@ -78,7 +78,7 @@ def test_artifact_contents_and_hash(curves):
     art = safe_load(found[0], "artifact")
     assert art["kind"] == "conversion" and len(art["lam"]) == 13 and len(art["layer_names"]) == 13
     assert art["sin"]["sin_count"].shape == (13, 128) and art["calibration"]["percentile"] == 1.0
-    from msat.checkpoint import file_sha256
+    from msat.harness.checkpoint import file_sha256
 
     assert art["ann_sha256"] == file_sha256(root / "checkpoints/digits/vgg16_w0.25_s0/last.pt")
 
@@ -174,11 +174,11 @@ def test_cli_diagnostics_writes_curves_heatmap_and_wandb_keys(ckpt_root):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("msat.data").data.fashion_mnist_available(),
+@pytest.mark.skipif(not __import__("msat.harness.data").harness.data.fashion_mnist_available(),
                     reason="Debian package dataset-fashion-mnist is not installed")
 def test_fashion_mnist_end_to_end(tmp_path):
     """The reference setting of issue 3: VGG16 width 0.25, one epoch, 500 test images, T = 256."""
-    from msat.tasks import run_train
+    from msat.harness.tasks import run_train
 
     common = ["dataset=fashion_mnist", "model.width=0.25", "eval.max_samples=500", "eval.T=256",
               "eval.theta_traces=false", "eval.plots=false"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, cli, fake_cifar_tree
-from msat.stats import holm, wilson_interval
+from msat.analysis.stats import holm, wilson_interval
 from tables import markdown_table
 
 
@@ -36,7 +36,7 @@ def test_wilson_interval_edges_and_known_value():
 
 
 def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
-    from msat.search import candidate_overrides, parse_levers, rank
+    from msat.harness.search import candidate_overrides, parse_levers, rank
 
     grid = parse_levers(["threshold=msat", "percentile=0.999,1.0"])
     assert grid["threshold"] == ["msat"] and grid["percentile"] == [0.999, 1.0]
@@ -55,12 +55,12 @@ def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
 def test_a_run_with_other_settings_is_neither_reused_nor_gathered(tmp_path, monkeypatch):
     """A label's run dir left by another definition of the label (an earlier search's winner
     under the same name) must be rerun, not reused."""
-    import msat.reproduce as rp
+    import msat.harness.reproduce as rp
 
     monkeypatch.setitem(rp.METHODS, "search_T64", ["method=const", "method.correction=light"])
     d = tmp_path / "eval" / "search_T64"
     d.mkdir(parents=True)
-    from msat.checkpoint import atomic_save
+    from msat.harness.checkpoint import atomic_save
 
     atomic_save({"format_version": 1, "kind": "predictions", "steps": [1], "correct": torch.ones(2, 1, dtype=torch.bool)},
                 d / "predictions.pt")
@@ -80,7 +80,7 @@ def test_a_run_with_other_settings_is_neither_reused_nor_gathered(tmp_path, monk
 
 
 def test_one_run_per_distinct_search_winner(tmp_path):
-    from msat.reproduce import search_methods
+    from msat.harness.reproduce import search_methods
 
     a, b = ["method=msat", "calibration.balancing=ltb"], ["method=const"]
     (tmp_path / "search.json").write_text(json.dumps({"best": {"16": {"overrides": a}, "32": {"overrides": a},
@@ -90,7 +90,7 @@ def test_one_run_per_distinct_search_winner(tmp_path):
 
 
 def test_search_grid_leaves_out_ltb_with_a_percentile():
-    from msat.search import candidate_name, candidates, parse_levers
+    from msat.harness.search import candidate_name, candidates, parse_levers
 
     grid = parse_levers(["threshold=msat", "v_init=0.0", "extra=none", "percentile=1.0,0.999", "balancing=max,ltb"])
     names = sorted(candidate_name(c) for c in candidates(grid))
@@ -101,8 +101,8 @@ def test_search_grid_leaves_out_ltb_with_a_percentile():
 
 
 def test_a_smaller_subset_sits_inside_the_larger_one():
-    from msat.data import subset
-    from msat.reproduce import subset_positions
+    from msat.harness.data import subset
+    from msat.harness.reproduce import subset_positions
 
     ds = list(range(100))
     small, large = subset(ds, 10, seed=0), subset(ds, 40, seed=0)
@@ -158,7 +158,7 @@ def test_quick_mode_end_to_end(tmp_path):
                                                                          "msat", "msat_sc") else 6)
         lo, hi = c["ci95"]["8"]
         assert lo <= c["acc"][7] <= hi
-    from msat.reproduce import LEVERS
+    from msat.harness.reproduce import LEVERS
 
     details = json.loads((out / "details.json").read_text())
     assert "8" in details["paired_tests_vs_msat"]["const"]
@@ -187,7 +187,7 @@ def test_quick_mode_end_to_end(tmp_path):
 
 def test_tables_follow_the_converted_net():
     """A ResNet-20 reproduction gets the paper's ResNet-20 rows (Table 3, Table 7), not VGG16's Table 4."""
-    from msat.reproduce_tables import net_title, tables
+    from msat.harness.reproduce_tables import net_title, tables
 
     acc = [50.0] * 31 + [80.0] + [85.0] * 32
     summary = {"ann": {"model": "resnet20", "width": 0.25, "ann_acc_full": 85.05},
@@ -215,8 +215,8 @@ def test_a_run_of_another_net_is_not_reused(tmp_path):
     into the same --runs folder) is neither reused nor gathered."""
     import argparse
 
-    import msat.reproduce as rp
-    from msat.checkpoint import atomic_save, file_sha256
+    import msat.harness.reproduce as rp
+    from msat.harness.checkpoint import atomic_save, file_sha256
 
     ckpt = tmp_path / "net.pt"
     atomic_save({"format_version": 1, "kind": "ann"}, ckpt)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import ROOT, compose
-from msat.report import main as report_main
-from msat.tasks import run_convert, run_evaluate
+from msat.harness.report import main as report_main
+from msat.harness.tasks import run_convert, run_evaluate
 from tables import markdown_table, text_table
 
 TINY = ["experiment=demo", "eval.max_samples=20", "eval.checkpoints=[4]", "sin.T=8",
@@ -101,7 +101,7 @@ def test_report_on_two_results(tmp_path, capsys):
 
 
 def test_report_compares_runs_by_layer_errors(tmp_path):
-    from msat.report import error_table
+    from msat.harness.report import error_table
 
     T = 64
     # layer 0 stays below 0.5; layer 1 is above it until t = 40; the last layer (2) is 1/t
@@ -126,7 +126,7 @@ def test_report_compares_runs_by_layer_errors(tmp_path):
 
 
 def test_report_labels_tell_variants_apart():
-    from msat.report import label
+    from msat.harness.report import label
     assert label(dict(method="msat", experiment=None, sc=None, max_spikes=1)) == "msat"
     assert label(dict(method="const", sc={"p": [0.9]}, max_spikes=1)) == "const +SC"
     assert label(dict(method="msat_sc", sc={"p": [0.9]}, quirk_no_reset=True)) == "msat_sc, quirk"
@@ -136,7 +136,7 @@ def test_report_labels_tell_variants_apart():
 
 
 def test_curve_table_has_columns_for_short_runs():
-    from msat.report import curve_table
+    from msat.harness.report import curve_table
     runs = [dict(method="mt-snn", trained_T=2, dataset="d", model="m", ann_acc=90.0, acc=[50.0, 80.0], best_acc=80.0,
                  best_step=2),
             dict(method="msat", dataset="d", model="m", ann_acc=90.0, acc=[float(t) for t in range(1, 33)], best_acc=32.0,
@@ -199,8 +199,8 @@ def test_eval_sin_statistics_and_quirk_switch(ckpt_root):
 def test_report_gives_intervals_and_paired_tests(tmp_path, capsys):
     """n and 95% Wilson intervals for every run; McNemar against the reference for runs that
     saved per-image results on the same images, Holm-adjusted; other images get no test."""
-    from msat.checkpoint import atomic_save
-    from msat.stats import wilson_interval
+    from msat.analysis.stats import wilson_interval
+    from msat.harness.checkpoint import atomic_save
 
     n = 200
     g = torch.Generator().manual_seed(0)
@@ -239,7 +239,7 @@ def test_report_gives_intervals_and_paired_tests(tmp_path, capsys):
 def test_report_pairs_named_runs_instead_of_one_reference(tmp_path, capsys):
     """``--pair A B`` (repeatable) tests the pairs asked for, at every step both saved; a pair
     that names no two runs on the same images is an error that says so."""
-    from msat.checkpoint import atomic_save
+    from msat.harness.checkpoint import atomic_save
 
     n = 120
     g = torch.Generator().manual_seed(1)

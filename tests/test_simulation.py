@@ -11,9 +11,9 @@ from torch import nn
 
 import msat
 from conftest import ROOT, compose
-from msat.conversion import prepare_ann
-from msat.sin import sin_statistics
-from msat.tasks import run_evaluate
+from msat.conversion.prepare import prepare_ann
+from msat.conversion.sin import sin_statistics
+from msat.harness.tasks import run_evaluate
 
 
 def trained_like(name, seed=0, dtype=torch.float64, size=16):
@@ -120,7 +120,7 @@ def test_torchrun_evaluation_equals_one_process(ckpt_root):
 
 def test_interrupted_evaluation_resumes_to_the_same_curve(ckpt_root, monkeypatch):
     full = run_evaluate(compose(TINY + ["eval.resume=false"], ckpt_root))
-    import msat.evaluation as ev
+    import msat.harness.evaluation as ev
 
     real, calls = ev.batch_seed, []
 

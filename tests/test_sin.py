@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import msat
-from msat.conversion import prepare_ann
-from msat.sin import sin_statistics, spike_confidence
+from msat.conversion.prepare import prepare_ann
+from msat.conversion.sin import sin_statistics, spike_confidence
 from reference import run_neuron
 
 T = 20

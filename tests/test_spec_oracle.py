@@ -196,8 +196,8 @@ def test_energy_operation_counts_and_ratio_reproduce_table8():
     """Spec section 4's check: VGG16 for 100 classes has the paper's OP_ANN totals (Table 8:
     1.77M in the layer fed by the image, 311.48M after it), and Eq. 23 on Table 8's SNN totals
     gives its ratios, 0.716 (MSAT) and 0.934 (Burst)."""
-    from msat.conversion import prepare_ann
-    from msat.energy import energy_ratio, layer_ops
+    from msat.analysis.energy import energy_ratio, layer_ops
+    from msat.conversion.prepare import prepare_ann
 
     layers = layer_ops(prepare_ann(msat.create_model("vgg16", num_classes=100).eval()), torch.randn(1, 3, 32, 32))
     first = sum(layer.ops for layer in layers if layer.sources is None)
@@ -214,7 +214,7 @@ def test_energy_operation_counts_and_ratio_reproduce_table8():
 def test_plif_with_multiple_thresholds_matches_the_spec_on_random_sequences():
     """mt.md section 2: H = (1 - 1/tau) V + X / tau with tau = 1 + exp(-a); a main spike at
     V_th, one auxiliary spike per delta at V_th + d; hard reset to 0 by the main spike."""
-    from msat.mt import PLIF
+    from msat.spiking.plif import PLIF
 
     torch.manual_seed(5)
     T, n = 12, 40

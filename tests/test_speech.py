@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 import msat
 from conftest import cli, compose
-from msat.pooling import LIPool
-from msat.speech import SpeechDataError, read_wav, write_wav
+from msat.harness.speech import SpeechDataError, read_wav, write_wav
+from msat.spiking.pooling import LIPool
 
 
 @pytest.mark.parametrize(
@@ -93,7 +93,7 @@ def test_wav_round_trip_and_clear_errors(tmp_path):
 
 
 def test_a_1d_model_on_images_and_an_image_model_on_audio_are_clear_errors(tmp_path):
-    from msat.tasks.hydra_utils import cfg_model_spec
+    from msat.harness.tasks.hydra_utils import cfg_model_spec
 
     with pytest.raises(ValueError, match="model=m5 takes 1-D waveforms"):
         cfg_model_spec(compose(["model=m5", "dataset=digits"], tmp_path))
@@ -118,7 +118,7 @@ def _fake_speech_commands(root, words, per_word=4):
 
 
 def test_evaluate_table6_experiment_on_a_fake_speech_commands_tree(tmp_path):
-    from msat.speech import SPEECH_COMMANDS_35
+    from msat.harness.speech import SPEECH_COMMANDS_35
 
     root = _fake_speech_commands(tmp_path / "sc", SPEECH_COMMANDS_35)
     common = ["experiment=table6_m5_speech_commands", f"dataset.root={root}", f"paths.root={tmp_path}",
@@ -138,7 +138,7 @@ def test_evaluate_table6_experiment_on_a_fake_speech_commands_tree(tmp_path):
 @pytest.mark.skipif(not __import__("shutil").which("espeak-ng"), reason="espeak-ng is not installed "
                     "(apt-get install espeak-ng; .ci/run installs it)")
 def test_synthetic_words_are_generated_in_the_speech_commands_layout_and_reproducibly(tmp_path):
-    from msat.speech import make_synthetic_words, speech_folder_samples
+    from msat.harness.speech import make_synthetic_words, speech_folder_samples
 
     kw = dict(words=("yes", "no"), voices=("en",), variants=("", "+f2"), speeds=(150,), pitches=(40, 60),
               test_every=4, validation_every=4)

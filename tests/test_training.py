@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import CIFAR_JPEG, ROOT, cli, compose
-from msat.checkpoint import CheckpointError, load_ann_checkpoint, model_spec
-from msat.data import EpochBatchSampler, build_splits, fashion_mnist_available, make_loader
+from msat.harness.checkpoint import CheckpointError, load_ann_checkpoint, model_spec
+from msat.harness.data import EpochBatchSampler, build_splits, fashion_mnist_available, make_loader
+from msat.harness.tasks import run_train
+from msat.harness.training import TrainingInterrupted
 from msat.models import create_model
-from msat.tasks import run_train
-from msat.training import TrainingInterrupted
 
 # a small, fast setting: narrow VGG16 on 16x16 digits
 SMALL = ["dataset=digits", "dataset.image_size=16", "model.width=0.125", "train.batch_size=64", "train.lr=0.05"]
@@ -134,7 +134,7 @@ def test_corrupt_checkpoint(tmp_path, damage):
 def test_random_bytes_are_a_clear_checkpoint_error(tmp_path):
     """Damaged files raise CheckpointError whatever the unpickler trips over (it once raised a
     bare IndexError on one random blob)."""
-    from msat.checkpoint import safe_load
+    from msat.harness.checkpoint import safe_load
 
     rng = random.Random(0)
     path = tmp_path / "x.pt"
@@ -156,7 +156,7 @@ def test_checkpoint_with_code_is_refused(tmp_path):
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
-    from msat import checkpoint
+    from msat.harness import checkpoint
 
     target = tmp_path / "last.pt"
     checkpoint.atomic_save({"format_version": 1, "v": torch.ones(2)}, target)

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${1:-../shared/datasets/cifar10-jpeg}
-python3 -m msat.gpu.cli pack --data "$DATA" --packed carry/packed
+python3 -m msat.harness.gpu.cli pack --data "$DATA" --packed carry/packed
 mkdir -p .whl
 PLAT="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $PLAT -d .whl \

@@ -3,7 +3,7 @@
 #   bash scripts/gpu/run.sh [stages...]          # default: setup tests speed train evaluate
 # Environment: OUT (results folder, default outputs/gpu), PACKED (default carry/packed),
 # TIME_LIMIT (seconds for everything, default 540), WHEELS (default .whl), and any extra
-# arguments of python -m msat.gpu.cli in GPU_ARGS.
+# arguments of python -m msat.harness.gpu.cli in GPU_ARGS.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 t0=$(date +%s)
@@ -16,6 +16,6 @@ if ls "$WHEELS"/*.whl >/dev/null 2>&1; then  # stage 0a: what the machine lacks,
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} WANDB_MODE=disabled PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 left=$(( ${TIME_LIMIT:-540} - ($(date +%s) - t0) ))
-python3 -m msat.gpu.cli "$@" --out "$OUT" --packed "${PACKED:-carry/packed}" --time-limit "$left" ${GPU_ARGS:-} \
+python3 -m msat.harness.gpu.cli "$@" --out "$OUT" --packed "${PACKED:-carry/packed}" --time-limit "$left" ${GPU_ARGS:-} \
   2>&1 | tee "$OUT/log.txt"
 exit "${PIPESTATUS[0]}"

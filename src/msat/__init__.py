@@ -8,20 +8,21 @@ Python API::
     errors = msat.layer_errors(ann, snn, x, T)  # per-layer error split (Eq. 5) per step
 """
 
-from .activations import QCFS
-from .api import convert
-from .balancing import estimate_readout_start
-from .calibration import calibrate
-from .checkpoint import CheckpointError, load_model
-from .conversion import prepare_ann
-from .diagnostics import layer_errors
-from .fxutils import ConversionError
+from .analysis.errors import layer_errors
+from .conversion.lam import calibrate
+from .conversion.methods import TABLE2
+from .conversion.pipeline import convert
+from .conversion.prepare import ConversionError, prepare_ann
+from .conversion.readout import estimate_readout_start
+from .conversion.sin import measure_sin
+from .harness.checkpoint import CheckpointError, load_model
 from .models import create_model
-from .network import SpikingNetwork
-from .neurons import TABLE2, IFNeuron, ThresholdRule, register_rule
-from .pooling import LIPool
-from .simulation import reset, simulate
-from .sin import measure_sin
+from .models.activations import QCFS
+from .spiking.network import SpikingNetwork
+from .spiking.neuron import IFNeuron
+from .spiking.pooling import LIPool
+from .spiking.simulation import reset, simulate
+from .spiking.thresholds import ThresholdRule, register_rule
 
 __all__ = [
     "convert",

@@ -8,8 +8,9 @@ MT-SNN Fig. 3's plot (accuracy at the trained T, ST and MT, the twin dotted) as 
 import sys
 from pathlib import Path
 
-from msat.report import find_results, load_predictions
-from msat.stats import holm, mcnemar
+from msat.analysis.stats import holm, mcnemar
+from msat.harness.artifacts import load_predictions
+from msat.harness.report import find_results
 
 runs = {(r["method"], r["trained_T"]): load_predictions(r)["correct"]
         for r in find_results(sys.argv[1] if len(sys.argv) > 1 else "outputs/mt_cifar10/eval")}

@@ -1,6 +1,6 @@
 """Gather the synthetic-speech runs of run.sh into summary.json and summary.md: accuracy with
 95% Wilson intervals at the report steps, and McNemar tests of MSAT and MSAT+SC against
-max-norm IF (const), and of MSAT+SC against MSAT, on the same clips (``msat.reproduce.paired_tests``,
+max-norm IF (const), and of MSAT+SC against MSAT, on the same clips (``msat.harness.reproduce.paired_tests``,
 Holm-adjusted over the methods and steps compared with one reference).
 
     python docs/results/speech/summarize.py <ROOT>/eval/m5
@@ -10,9 +10,9 @@ import json
 import sys
 from pathlib import Path
 
-from msat.checkpoint import safe_load
-from msat.reproduce import paired_tests
-from msat.stats import wilson_interval
+from msat.analysis.stats import wilson_interval
+from msat.harness.checkpoint import safe_load
+from msat.harness.reproduce import paired_tests
 
 OUT = Path(__file__).resolve().parent
 

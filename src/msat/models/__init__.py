@@ -8,8 +8,8 @@ from typing import Optional
 import timm
 from torch import nn
 
-from ..activations import make_activation
 from . import m5, mt_nets, resnet_cifar, resnet_imagenet, vgg  # noqa: F401  (registers the models)
+from .activations import make_activation
 
 MODEL_NAMES = ("vgg16", "resnet20", "resnet34", "m5")
 ONE_D_MODELS = ("m5",)  # nets on 1-D signals [batch, channels, samples]

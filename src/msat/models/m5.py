@@ -13,7 +13,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from ..activations import make_activation
+from .activations import make_activation
 from .vgg import scaled
 
 M5_CFG = ((80, 4, 128), (3, 1, 128), (3, 1, 256), (3, 1, 512))

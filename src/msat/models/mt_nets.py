@@ -14,7 +14,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from ..mt import PLIF, MultiStepNet, RepeatT
+from ..spiking.plif import PLIF, MultiStepNet, RepeatT
 from .vgg import scaled
 
 # config table: (convs per stage, channels) and the hidden FC width

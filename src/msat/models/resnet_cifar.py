@@ -11,7 +11,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from ..activations import make_activation
+from .activations import make_activation
 from .vgg import init_convs, scaled
 
 # config table: (channels, blocks, stride) per stage

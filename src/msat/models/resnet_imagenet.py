@@ -10,7 +10,7 @@ import timm
 from timm.models import register_model
 from timm.models.resnet import BasicBlock, ResNet
 
-from ..activations import make_activation
+from .activations import make_activation
 from .vgg import scaled
 
 RESNET34_LAYERS = (3, 4, 6, 3)

@@ -12,7 +12,7 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-from ..activations import make_activation
+from .activations import make_activation
 
 # config table: channel counts, "M" = 2x2 max-pool
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")

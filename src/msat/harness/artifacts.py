@@ -1,0 +1,60 @@
+"""What runs write besides results.json, and how it is read back: the SIN record of a conversion
+artifact, and the per-image predictions of an evaluation (for paired tests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from ..spiking.monitors import SINMonitor
+from .checkpoint import CheckpointError, atomic_save, safe_load
+
+
+# ----------------------------------------------------------------- stored statistics (convert.py)
+def sin_record(monitors: list[SINMonitor], T: int, batch_size: int, threshold: str) -> dict:
+    """The SIN statistics a conversion artifact stores (enough to resolve SC later)."""
+    return {
+        "T": int(T), "batch_size": int(batch_size), "threshold": threshold,
+        "sin_count": torch.stack([m.sin_count.cpu() for m in monitors]),
+        "fired_count": torch.stack([m.fired_count.cpu() for m in monitors]),
+        "neurons": torch.tensor([m.neurons for m in monitors], dtype=torch.float64),
+        "ans": torch.tensor([m.ans() for m in monitors], dtype=torch.float64),
+    }
+
+
+def sin_summary(sin: Mapping[str, Any], sc: Optional[dict]) -> dict:
+    neurons = sin["neurons"].unsqueeze(1)
+    ratio = (sin["sin_count"] / neurons).tolist()
+    fired = sin["fired_count"]
+    among = torch.where(fired > 0, sin["sin_count"] / fired.clamp(min=1), torch.zeros(())).tolist()
+    out = {"T": sin["T"], "ratio": ratio, "ratio_among_fired": among, "ans": sin["ans"].tolist()}
+    if sc is not None:
+        out.update(early_steps=sc["early_steps"], p_all_layers=sc["p_all_layers"], r_definition=sc["r_definition"])
+    return out
+
+
+def save_predictions(path: Path, steps: Sequence[int], correct, subset_seed: int, n_samples: int) -> None:
+    """Write ``predictions.pt`` beside a run's results.json: each image's correctness ([n, len(steps)]
+    booleans) at ``steps``, read back by :func:`load_predictions` for the paired tests."""
+    atomic_save({"format_version": 1, "kind": "predictions", "steps": list(steps), "correct": correct.bool(),
+                 "subset_seed": int(subset_seed), "n_samples": n_samples}, path)
+
+
+def load_predictions(res: dict) -> Optional[dict]:
+    """The per-image results saved beside ``res`` (``eval.save_predictions=true``), or None."""
+    path = Path(res.get("_path", "")).with_name("predictions.pt")
+    if not res.get("_path") or not path.exists():
+        return None
+    try:
+        pred = safe_load(path, "predictions file")
+    except CheckpointError as exc:
+        print(f"warning: {exc}; its run gets no paired test", file=sys.stderr)
+        return None
+    correct = pred.get("correct")
+    if correct is None or correct.dim() != 2 or correct.shape[0] != res.get("n_samples"):
+        print(f"warning: {path} does not match its results.json; its run gets no paired test", file=sys.stderr)
+        return None
+    return {"steps": [int(t) for t in pred["steps"]], "correct": correct.bool()}

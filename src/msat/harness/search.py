@@ -1,0 +1,193 @@
+"""``python -m msat.search``: the fewest-steps search over the conversion levers, on a fixed ANN.
+
+Which combination of threshold rule, percentile ``lam``, initial membrane, burst firing
+and correction reaches the ANN's accuracy in the fewest steps? Every candidate is converted
+from the same calibration batches (training images) and scored on *other* training images
+(held out from calibration), never on test images. The ranking at T = 16, 32 and 64 names
+the best candidate per T; ``python -m msat.reproduce --search <out>/search.json`` then
+evaluates those on the fixed test subset beside every other method, with paired tests.
+
+The grid (``GRID``) is the product of its lever values; ``--levers`` narrows it, e.g.
+``--levers threshold=msat,const percentile=1.0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..conversion.methods import TABLE2
+from ..conversion.pipeline import compute_lam, convert
+from ..conversion.prepare import prepare_ann
+from ..spiking.simulation import simulate
+from .checkpoint import load_ann_checkpoint, load_model
+
+GRID: dict[str, list[Any]] = {
+    "threshold": ["const", "msat"],
+    "percentile": [1.0, 0.999],
+    "v_init": [0.0, 0.5],
+    "extra": ["none", "burst", "light"],  # burst: max_spikes=5; light: SNN Calibration's light corrections
+    "balancing": ["max", "ltb"],  # ltb: local threshold balancing (per-channel lam); it takes no percentile
+}
+LTB_PASSES = 20  # as conf/config.yaml calibration.passes
+CORRECTION_T = 32  # the target steps of the light correction (as conf/method/calibration_light.yaml)
+RANK_AT = (16, 32, 64)
+
+
+def candidate_overrides(c: dict) -> list[str]:
+    """The evaluate.py overrides of a candidate (what msat.reproduce runs on the test images)."""
+    o = [f"method={c['threshold']}", f"calibration.percentile={c['percentile']}", f"method.v_init={c['v_init']}"]
+    if c.get("balancing", "max") == "ltb":
+        o += ["calibration.balancing=ltb", f"calibration.passes={LTB_PASSES}"]
+    if c["extra"] == "burst":
+        o.append("method.max_spikes=5")
+    elif c["extra"] == "light":
+        o += ["method.correction=light", f"method.correction_T={CORRECTION_T}"]
+    return o
+
+
+def candidate_name(c: dict) -> str:
+    name = f"{c['threshold']}_p{c['percentile']}_v{c['v_init']}_{c['extra']}"
+    return name + "_ltb" if c.get("balancing", "max") == "ltb" else name
+
+
+def candidates(grid: dict) -> list[dict]:
+    """The product of the grid's lever values, less the contradictory ones (LTB with a percentile)."""
+    combos = [dict(zip(GRID, values)) for values in itertools.product(*(grid[k] for k in GRID))]
+    return [c for c in combos if not (c["balancing"] == "ltb" and c["percentile"] < 1.0)]
+
+
+def parse_levers(items: list[str]) -> dict[str, list[Any]]:
+    grid = {k: list(v) for k, v in GRID.items()}
+    for item in items:
+        key, _, values = item.partition("=")
+        if key not in GRID or not values:
+            raise SystemExit(f"--levers takes key=v1,v2 with key in {', '.join(GRID)}; got {item!r}")
+        cast = float if key in ("percentile", "v_init") else str
+        grid[key] = [cast(v) for v in values.split(",")]
+        bad = [v for v in grid[key] if key in ("threshold", "extra", "balancing") and v not in GRID[key]]
+        if bad:
+            raise SystemExit(f"--levers {key}: unknown value(s) {bad}; choose from {GRID[key]}")
+    return grid
+
+
+def held_out_batches(splits, seed: int, batch_size: int, num_cal: int, num_val: int):
+    """The seeded order of training images (as convert.py): the first ``num_cal`` batches
+    calibrate, the next ``num_val`` score the candidates."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(splits.calibration), generator=g).tolist()
+
+    def batch(i):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        xs, ys = zip(*(splits.calibration[j] for j in idx))
+        return torch.stack(xs), torch.tensor(ys)
+
+    need = (num_cal + num_val) * batch_size
+    if need > len(order):
+        raise SystemExit(f"the search needs {need} training images (calibration + held out), the set has {len(order)}")
+    return [batch(i) for i in range(num_cal)], [batch(num_cal + i) for i in range(num_val)]
+
+
+def score(snn, val, T: int) -> torch.Tensor:
+    """Accuracy (%) after every step 1..T on the held-out batches."""
+    correct, n = torch.zeros(T, dtype=torch.float64), 0
+    for x, y in val:
+        out = simulate(snn, x, T)
+        correct += (out.argmax(-1) == y).double().sum(1)
+        n += len(y)
+    return 100.0 * correct / n
+
+
+def run_search(model, cal, val, grid: dict, T: int, arch: str, log=print) -> list[dict]:
+    ann = prepare_ann(model)
+    # the lam of each (balancing, percentile) pair, shared by the candidates
+    lams = {("max", p): compute_lam(ann, cal, percentile=p) for p in grid["percentile"]}
+    if "ltb" in grid["balancing"]:
+        lams["ltb", 1.0] = compute_lam(ann, cal, balancing="ltb", passes=LTB_PASSES)
+    results = []
+    combos = candidates(grid)
+    for i, c in enumerate(combos):
+        t0 = time.time()
+        hp = TABLE2.get(arch) if c["threshold"] != "const" else None
+        kw = dict(method=c["threshold"], hparams=hp, lam=lams[c["balancing"], c["percentile"]], v_init=float(c["v_init"]),
+                  max_spikes=5 if c["extra"] == "burst" else 1)
+        if c["extra"] == "light":
+            kw.update(correction="light", T=CORRECTION_T, num_batches=1)
+        snn = convert(model, cal, **kw)
+        acc = score(snn, val, T)
+        results.append({**c, "name": candidate_name(c), "acc": acc.tolist(), "overrides": candidate_overrides(c)})
+        log(f"[search] {i + 1}/{len(combos)} {candidate_name(c):32s} "
+            + " ".join(f"T={t}: {acc[t - 1]:.2f}" for t in RANK_AT if t <= T) + f"  ({time.time() - t0:.0f} s)")
+    return results
+
+
+def rank(results: list[dict], T: int) -> dict[str, list[dict]]:
+    """Per step of ``RANK_AT`` (T itself if T is shorter): the candidates by held-out accuracy,
+    ties broken by name."""
+    steps = [t for t in RANK_AT if t <= T] or [T]
+    return {str(t): sorted(results, key=lambda r: (-r["acc"][t - 1], r["name"])) for t in steps}
+
+
+def markdown(results: list[dict], ranking: dict, ann_val: float, n_val: int) -> str:
+    lines = [f"Held-out training images: {n_val} (not used for calibration). ANN on them: {ann_val:.2f}%.", ""]
+    for t, ranked in ranking.items():
+        lines += [f"### T = {t}", "", "| rank | candidate | held-out acc (%) | ANN - acc |", "|---|---|---|---|"]
+        for i, r in enumerate(ranked[:8]):
+            a = r["acc"][int(t) - 1]
+            lines.append(f"| {i + 1} | `{r['name']}` | {a:.2f} | {ann_val - a:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from .reproduce import DEFAULT_CHECKPOINT, DEFAULT_DATA, check_data, cifar10_splits
+
+    p = argparse.ArgumentParser(prog="python -m msat.search", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--out", default="docs/results/cifar10")
+    p.add_argument("--T", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--cal-batches", type=int, default=10, help="calibration batches (as convert.py)")
+    p.add_argument("--val-batches", type=int, default=2, help="held-out training batches that score the candidates")
+    p.add_argument("--levers", nargs="*", default=[], help="narrow the grid: key=v1,v2")
+    p.add_argument("--quick", action="store_true", help="a tiny grid on a handful of images and steps")
+    args = p.parse_args(argv)
+    grid = parse_levers(args.levers)
+    if args.quick:
+        args.T, args.batch_size, args.cal_batches, args.val_batches = min(args.T, 8), 8, 1, 1
+    if args.T < 1:
+        raise SystemExit(f"--T must be >= 1, got {args.T}")
+    check_data(Path(args.data))
+    spec = load_ann_checkpoint(args.checkpoint, None, kind="ann")["model_spec"]
+    model = load_model(args.checkpoint)
+    splits = cifar10_splits(Path(args.data), test_limit=8 if args.quick else None,
+                            train_limit=(args.cal_batches + args.val_batches) * args.batch_size if args.quick else None)
+    cal, val = held_out_batches(splits, 0, args.batch_size, args.cal_batches, args.val_batches)
+    with torch.no_grad():
+        ann_val = 100.0 * sum(int((model(x).argmax(1) == y).sum()) for x, y in val) / sum(len(y) for _, y in val)
+    results = run_search(model, cal, val, grid, args.T, spec["name"])
+    ranking = rank(results, args.T)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best = {t: {"name": r[0]["name"], "overrides": r[0]["overrides"], "held_out_acc": r[0]["acc"][int(t) - 1]}
+            for t, r in ranking.items()}
+    n_val = sum(len(y) for _, y in val)
+    (out / "search.json").write_text(json.dumps({"ann_held_out_acc": ann_val, "n_held_out": n_val, "T": args.T,
+                                                 "grid": grid, "correction_T": CORRECTION_T, "best": best,
+                                                 "candidates": results}, indent=1))
+    (out / "search.md").write_text(markdown(results, ranking, ann_val, n_val))
+    for t, b in best.items():
+        print(f"[search] best at T={t}: {b['name']} ({b['held_out_acc']:.2f}% held out; ANN {ann_val:.2f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
