@@ -1,6 +1,6 @@
 """What MSAT's fused neuron update costs per neuron update, on one CPU thread, and where it goes.
 
-1. The compiled update (``msat.neurons``) on states captured from a real simulation of the
+1. The compiled update (``msat.spiking.neuron``) on states captured from a real simulation of the
    thin ResNet-20 (random weights, batch 64, T=32) at two steps, every spiking layer, and on
    random states of the same size: is it compute- or memory-bound?
 2. Variants of the same update written out here, with 2^20 random elements: the full update,
@@ -31,8 +31,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 import simulate as bench  # noqa: E402
 
 from msat.conversion.lam import calibrate  # noqa: E402
-from msat.conversion.methods import TABLE2  # noqa: E402
 from msat.conversion.prepare import prepare_ann  # noqa: E402
+from msat.conversion.table2 import TABLE2  # noqa: E402
 from msat.spiking import neuron as neurons  # noqa: E402
 from msat.spiking import thresholds  # noqa: E402
 from msat.spiking.thresholds import MSAT  # noqa: E402
@@ -61,11 +61,11 @@ def captured(steps=(8, 24)) -> None:
     captures = []
     original = neurons._run_compiled
 
-    def record(neuron, inp, lam, inv_tm1):
+    def record(neuron, inp, lam, inv_tm1, bias):
         if neuron.t in steps:
             captures.append((neuron.t, neuron.rule, neuron.v.clone(), neuron.s.clone(), inp.clone(), lam, inv_tm1,
                              neuron._inv_lam))
-        return original(neuron, inp, lam, inv_tm1)
+        return original(neuron, inp, lam, inv_tm1, bias)
 
     model = bench.build(0.25, 10, net="resnet20_thin")
     x = torch.randn(64, 3, 32, 32)

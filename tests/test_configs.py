@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import CONF, ROOT, compose
-from msat.conversion.methods import TABLE2
+from msat.conversion.table2 import TABLE2
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
@@ -84,12 +84,27 @@ def test_wandb_sweep_parameters_are_valid_overrides(tmp_path):
     assert f"acc_T{sweep['metric']['name'].split('T')[-1]}" == sweep["metric"]["name"]
 
 
-def test_the_recorded_commit_is_the_one_loaded():
-    """A multirun that outlives a commit records the code it loaded (read once per process)."""
-    from msat.harness.tracking import git_commit
+def test_the_recorded_commit_is_the_one_loaded(monkeypatch, tmp_path):
+    """A multirun that outlives a commit records the code it loaded: every task reads the commit
+    first thing, before it reads a file, and the read is cached for the process."""
+    from msat.harness import tracking
+    from msat.harness.tasks import convert, evaluate, train
 
-    pinned = git_commit.cache_info().currsize == 1  # read when msat.tasks was imported
-    assert pinned and git_commit() is git_commit()
+    tracking.git_commit.cache_clear()
+    first = tracking.git_commit()
+    assert tracking.git_commit() is first and tracking.git_commit.cache_info().currsize == 1
+
+    class Pinned(Exception):
+        pass
+
+    def pin():
+        raise Pinned
+
+    cfg = compose(["experiment=demo"], tmp_path)  # no checkpoint there: anything past the pin would fail otherwise
+    for module, task in ((convert, convert.run_convert), (evaluate, evaluate.run_evaluate), (train, train.run_train)):
+        monkeypatch.setattr(module, "git_commit", pin)
+        with pytest.raises(Pinned):
+            task(cfg)
 
 
 @pytest.mark.parametrize("override,match", [

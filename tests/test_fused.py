@@ -1,4 +1,4 @@
-"""The guard on the compiled steps (msat.fused): a compiled kernel that gives other results than
+"""The guard on the compiled steps (msat.spiking.fused): a compiled kernel that gives other results than
 eager on its first call (a stale kernel of another CPU capability in a shared compiler cache, a
 miscompilation) is caught, named in one warning, and replaced by eager for the rest of the
 process; the compiler's cache is kept apart per CPU capability."""

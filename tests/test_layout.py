@@ -5,8 +5,6 @@ the spiking core knows nothing of conversion, conversion nothing of the harness.
 import ast
 from pathlib import Path
 
-import pytest
-
 from scripts.layout import PKG, import_graph, part_of
 
 MAX_LINES = 450
@@ -76,7 +74,6 @@ def test_modules_stay_small():
     assert big == {}, f"modules over {MAX_LINES} lines: {big}"
 
 
-@pytest.mark.xfail(strict=True, reason="the long functions are split in the commits that follow the move")
 def test_functions_stay_short():
     long = []
     for p in PKG.rglob("*.py"):

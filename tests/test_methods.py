@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import msat
-from msat.conversion.corrections import _ann_means, layer_rates
+from msat.conversion.corrections import layer_rates
+from msat.conversion.corrections.snn_calibration import _ann_means
 from msat.conversion.lam import ltb_lam
 from msat.conversion.prepare import prepare_ann
 

@@ -7,7 +7,7 @@ import torch
 
 import msat
 from conftest import compose
-from msat.conversion.methods import TABLE2
+from msat.conversion.table2 import TABLE2
 from msat.harness.checkpoint import CheckpointError, load_ann_checkpoint
 from msat.harness.tasks import run_convert, run_evaluate, run_train_snn
 from msat.harness.training import TrainingInterrupted

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import msat
 import msat.spiking.fused
-from msat.conversion.methods import TABLE2
+from msat.conversion.table2 import TABLE2
 from msat.spiking.neuron import IFNeuron
 from msat.spiking.pooling import LIPool
 from msat.spiking.thresholds import check_threshold_args

@@ -32,7 +32,7 @@ def test_one_run_gives_every_step(curves):
     saved = json.loads((root / "eval_msat" / "results.json").read_text())
     assert saved["acc"] == res["msat"]["acc"] and saved["method"] == "msat"
     assert saved["commit"] and saved["hardware"] and saved["command"].startswith("python evaluate.py")
-    for png in ("accuracy.png", "firing_rate.png", "theta.png"):
+    for png in ("accuracy.png", "firing_rate.png", "threshold.png"):
         assert (root / "eval_msat" / png).stat().st_size > 1000
 
 
@@ -55,8 +55,8 @@ def test_statistics_are_reported(curves):
     r = res["msat"]
     L = len(r["layers"])
     assert L == 13 and len(r["firing_rate"]) == L and 0 < r["firing_rate_mean"] < 1
-    assert len(r["theta_traces"]) == L and len(r["theta_traces"][0]["mean"]) == 256
-    th = r["theta_traces"][3]
+    assert len(r["threshold_traces"]) == L and len(r["threshold_traces"][0]["mean"]) == 256
+    th = r["threshold_traces"][3]
     assert all(lo <= hi for lo, hi in zip(th["p10"], th["p90"]))
     e = r["energy"]
     from msat.analysis.energy import energy_ratio_from_totals
@@ -67,7 +67,7 @@ def test_statistics_are_reported(curves):
     # n[l] = firing rate x T: the SNN op count follows the measured spikes
     assert r["spikes_per_neuron"][0] == pytest.approx(r["firing_rate"][0] * 256)
     # const thresholds are constant: theta * lam = lam at every step
-    c = res["const"]["theta_traces"][0]
+    c = res["const"]["threshold_traces"][0]
     assert max(c["mean"]) == pytest.approx(min(c["mean"]))
 
 

@@ -32,11 +32,11 @@ NETS = [("vgg16", 16), ("resnet34", 32)]  # resnet34: overlapping 3x3/2 max-pool
 
 
 def run_with_monitors(snn, x, T, chunk):
-    with snn.monitor(T, firing=True, theta=True) as mons:
+    with snn.monitor(T, firing=True, threshold=True) as mons:
         mons.begin_batch()
         out = msat.simulate(snn, x, T, chunk=chunk)
     assert not any(n._hooks for n in snn.neurons)  # removed on exit
-    return out, [m.state["spikes"].clone() for m in mons.firing], [m.state["sums"].clone() for m in mons.theta]
+    return out, [m.state["spikes"].clone() for m in mons.firing], [m.state["sums"].clone() for m in mons.threshold]
 
 
 @pytest.mark.parametrize("name,size", NETS)

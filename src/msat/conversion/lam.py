@@ -1,11 +1,19 @@
-"""Threshold balancing: the layer scale ``lam`` of every spiking layer (spec section 1.3).
+"""Where ``lam`` comes from: the layer scale of every spiking layer (spec section 1.3).
 
-Each balancing rule observes the prepared ANN's ReLU sites on calibration data:
+Every balancing is one registered class (:func:`register_balancing`) that a recipe names in its
+``balancing`` field:
 
-- ``max`` (Algorithm 1, lines 1-7): the maximum ReLU output, or a percentile of them, per
-  layer or per channel;
-- ``ltb``: local threshold balancing (Bu, Li, Yu, CVPR 2025), see :mod:`msat.balancing`;
-- a QCFS net carries its trained ``lam`` in its activations (no calibration pass).
+- ``max`` (Algorithm 1, lines 1-7): the maximum ReLU output on calibration data, or a
+  ``percentile`` of them (p-Norm), per layer or per channel (``channelwise``, Channel-Norm);
+- ``ltb``: local threshold balancing (Bu, Li, Yu, CVPR 2025, arXiv 2409.03368). Every site
+  keeps a per-channel ``lam``, starting at 0; each calibration batch runs the ANN once, and at
+  every site, in graph order, ``lam <- max(lam + 2 * mean((a - lam)^+), eps)`` (mean over batch
+  and positions) from the site's activation ``a`` in that pass, after which the site's output
+  is clipped at its updated ``lam``, so later layers see clipped inputs. After ``passes``
+  passes the membrane starts at half the threshold. ``lam`` never decreases and grows slowly
+  once most activations are below it, so too few passes leave it far below the activations'
+  upper range;
+- ``trained``: a QCFS net carries its trained ``lam`` in its activations (no calibration pass).
 """
 
 from __future__ import annotations
@@ -141,13 +149,12 @@ def trained_lam(ann: fx.GraphModule) -> list[torch.Tensor]:
     return [s.trained_lam.clone().cpu() for s in sites]
 
 
-BALANCING = ("max", "ltb")
 
 
 LTB_EPS = 1e-8
 
 
-LTB_MIN_PASSES = 5  # fewer passes leave the thresholds far too low (see the module docstring)
+LTB_MIN_PASSES = 5  # fewer passes leave lam far too low (see the module docstring)
 
 
 def check_passes(passes) -> int:
@@ -157,10 +164,10 @@ def check_passes(passes) -> int:
 
 
 class LTBSite:
-    """One site's threshold: the update, then the clip, in the site's forward."""
+    """One site's per-channel ``lam``: the update, then the clip, in the site's forward."""
 
     def __init__(self, eps: float = LTB_EPS):
-        self.theta: Optional[torch.Tensor] = None  # one row per channel
+        self.rows: Optional[torch.Tensor] = None  # lam, one row per channel
         self.eps = eps
         self.ndim = 2
 
@@ -168,14 +175,13 @@ class LTBSite:
         a = torch.relu(pre)
         self.ndim = a.dim()
         rows = channel_values(a, channelwise=a.dim() >= 2, where=site.name)  # [C, N]
-        if self.theta is None:
-            self.theta = torch.zeros(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
-        self.theta = torch.clamp(self.theta + 2.0 * (rows - self.theta).clamp(min=0).mean(1, keepdim=True), min=self.eps)
-        th = as_lam(self.theta[:, 0], a.dim() >= 2, a.dim())
-        return torch.minimum(a, th)
+        if self.rows is None:
+            self.rows = torch.zeros(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
+        self.rows = torch.clamp(self.rows + 2.0 * (rows - self.rows).clamp(min=0).mean(1, keepdim=True), min=self.eps)
+        return torch.minimum(a, as_lam(self.rows[:, 0], a.dim() >= 2, a.dim()))
 
     def lam(self) -> torch.Tensor:
-        return as_lam(self.theta[:, 0], self.ndim >= 2, self.ndim)
+        return as_lam(self.rows[:, 0], self.ndim >= 2, self.ndim)
 
 
 class _ClippingSite(torch.nn.Module):
@@ -215,7 +221,7 @@ def ltb_lam(ann: fx.GraphModule, calibration_data: Iterable, passes: int = 20, n
         _restore_sites(ann, swapped)
     out = []
     for site, st in zip(sites, states):
-        if bool((st.theta <= LTB_EPS).all()):
+        if bool((st.rows <= LTB_EPS).all()):
             warnings.warn(f"LTB: spiking layer {site.name!r} never activated on the calibration data; it stays silent",
                           stacklevel=2)
         lam = st.lam().cpu()
@@ -236,3 +242,82 @@ def _swap_sites(ann: fx.GraphModule, sites, states):
 def _restore_sites(ann: fx.GraphModule, swapped) -> None:
     for target, site in swapped:
         ann.add_submodule(target, site)
+
+
+# ----------------------------------------------------------------- the sources
+QCFS_CONTRADICTION = ("a QCFS net carries its trained lam; percentile, channelwise and balancing='ltb' contradict it: "
+                      "drop them (or pass lam= explicitly)")
+BALANCING: dict[str, type["Balancing"]] = {}
+
+
+def register_balancing(name: str):
+    """Class decorator: make a :class:`Balancing` available as a recipe's ``balancing=name``."""
+
+    def deco(cls):
+        cls.name = name
+        BALANCING[name] = cls
+        return cls
+
+    return deco
+
+
+class Balancing:
+    """Where ``lam`` comes from. ``check`` refuses the recipe settings that contradict the source
+    (and, given the prepared ANN, an ANN it cannot serve); ``compute`` returns one tensor per
+    site. ``v_init`` is the membrane start (in units of lam) the source's paper prescribes,
+    used when the recipe leaves ``v_init`` open."""
+
+    name = "?"
+    v_init = 0.0
+
+    def check(self, recipe, ann: Optional[fx.GraphModule] = None) -> None:
+        pass
+
+    def compute(self, ann: fx.GraphModule, data: Iterable, recipe, progress: bool = False) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+
+@register_balancing("max")
+class MaxBalancing(Balancing):
+    """The max (or the ``percentile`` quantile) of each site's ReLU output, per layer or per channel."""
+
+    def check(self, recipe, ann=None) -> None:
+        check_percentile(recipe.percentile)
+
+    def compute(self, ann, data, recipe, progress=False):
+        return calibrate(ann, data, recipe.percentile, recipe.channelwise, recipe.num_batches, progress=progress)
+
+
+@register_balancing("ltb")
+class LocalThresholdBalancing(Balancing):
+    """Per-channel ``lam`` learnt over ``passes`` passes of the calibration batches; membrane at lam / 2."""
+
+    v_init = 0.5
+
+    def check(self, recipe, ann=None) -> None:
+        check_passes(recipe.passes)
+        if recipe.percentile < 1.0:
+            raise ValueError("balancing='ltb' chooses its own thresholds; a percentile contradicts it: drop "
+                             "percentile (or use balancing='max')")
+        if ann is not None and any(s.trained_lam is not None for s in relu_sites(ann)):
+            raise ValueError(QCFS_CONTRADICTION)
+
+    def compute(self, ann, data, recipe, progress=False):
+        return ltb_lam(ann, data, passes=recipe.passes, num_batches=recipe.num_batches, progress=progress)
+
+
+@register_balancing("trained")
+class TrainedBalancing(Balancing):
+    """The ``lam`` a QCFS net learnt in its activations; membrane at lam / 2 (Bu et al. 2022)."""
+
+    v_init = 0.5
+
+    def check(self, recipe, ann=None) -> None:
+        if recipe.percentile < 1.0 or recipe.channelwise:
+            raise ValueError(QCFS_CONTRADICTION)
+        if ann is not None and any(s.trained_lam is None for s in relu_sites(ann)):
+            raise ValueError("lam='trained' reads the lam a QCFS net learnt; this net has plain ReLUs: use "
+                             "balancing='max' or 'ltb'")
+
+    def compute(self, ann, data, recipe, progress=False):
+        return trained_lam(ann)

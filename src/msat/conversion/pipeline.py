@@ -1,9 +1,12 @@
-"""The Python API: one call from a trained ANN to a spiking network.
+"""The one conversion pipeline: a :class:`~msat.conversion.recipe.Recipe` run in fixed stages.
 
-``convert`` composes the stages of :mod:`msat.conversion` (trace, fold, sites),
-:mod:`msat.calibration` / :mod:`msat.balancing` (the layer scales ``lam``),
-:mod:`msat.corrections` (SNN Calibration, RTS), :mod:`msat.network` (the spiking graph)
-and :mod:`msat.sin` (spike confidence).
+:class:`Converter` owns the order (SpikingJelly 2.0's converter/recipe split): validate the
+recipe, prepare the ANN (trace, check, fold BN, mark the ReLU sites), compute ``lam`` with the
+recipe's balancing, build the spiking network, apply the correction, then spike confidence. The
+strategies plug in by registration: a threshold rule (:mod:`msat.spiking.thresholds`), a balancing
+(:mod:`msat.conversion.lam`), a correction (:mod:`msat.conversion.corrections`).
+``msat.convert`` runs it, and so do ``convert.py`` (which stores :meth:`Converter.state` in its
+artifact) and ``evaluate.py`` (which rebuilds the SNN with :meth:`Converter.restore`).
 """
 
 from __future__ import annotations
@@ -11,38 +14,110 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
+import torch.fx as fx
 from torch import nn
 
 from ..spiking.network import SpikingNetwork
-from ..spiking.thresholds import make_rule
 from ..util import device_of
 from .build import build_snn
-from .corrections import CORRECTIONS, apply_correction, check_correction
-from .lam import BALANCING, calibrate, check_passes, check_percentile, ltb_lam, trained_lam
-from .prepare import ConversionError, is_qcfs, prepare_ann
+from .corrections import CORRECTIONS, apply_correction, correction_state, restore_correction
+from .lam import BALANCING
+from .prepare import prepare_ann
+from .recipe import Recipe
 from .sin import apply_spike_confidence, one_shot_safe
 
 
-def convert(
-    model: nn.Module,
-    calibration_data: Iterable,
-    *,
-    method: str = "msat",
-    hparams: Optional[Mapping[str, Any]] = None,
-    percentile: float = 1.0,
-    channelwise: bool = False,
-    num_batches: Optional[int] = None,
-    sc: Optional[Mapping[str, Any]] = None,
-    max_spikes: int = 1,
-    v_init: Optional[float] = None,
-    lam: Optional[Sequence[torch.Tensor | float]] = None,
-    balancing: str = "max",
-    passes: int = 20,
-    correction: Optional[str] = None,
-    T: Optional[int] = None,
-    correction_options: Optional[Mapping[str, Any]] = None,
-) -> SpikingNetwork:
+class Converter:
+    """Runs one recipe. ``run`` does every stage; the stages are methods of their own, so that a
+    task can store what it needs (``state``) and rebuild the network later (``restore``)."""
+
+    def __init__(self, recipe: Recipe, progress: bool = False):
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"expected a msat Recipe, got {type(recipe).__name__}")
+        self.recipe = recipe.validate()  # every setting is checked before any work
+        self.progress = progress
+
+    # ------------------------------------------------------------------ the stages
+    def prepare(self, model: nn.Module) -> fx.GraphModule:
+        ann = prepare_ann(model)
+        self.recipe.validate(ann)  # what the ANN itself rules out (a QCFS net and a percentile, ...)
+        return ann
+
+    def needs_data_twice(self) -> bool:
+        r = self.recipe
+        return r.sc is not None or r.correction is not None or r.balancing == "ltb"
+
+    def lam(self, ann: fx.GraphModule, data: Iterable) -> list[torch.Tensor]:
+        balancing = BALANCING[self.recipe.balancing_used(ann)]()
+        return balancing.compute(ann, data, self.recipe, progress=self.progress)
+
+    def build(self, ann: fx.GraphModule, lam: Sequence[torch.Tensor | float]) -> SpikingNetwork:
+        r = self.recipe
+        v_init = r.initial_membrane(ann)
+        snn = build_snn(ann, lam, v_init=v_init, max_spikes=r.max_spikes, rule=r.rule())
+        snn.to(device_of(ann))
+        snn.recipe = r
+        snn.conversion = {"balancing": r.balancing_used(ann), "percentile": r.percentile, "channelwise": r.channelwise,
+                          "passes": r.passes if r.balancing == "ltb" else None, "v_init": v_init,
+                          "correction": r.correction, "T": r.correction_T}
+        return snn
+
+    def correct(self, ann: fx.GraphModule, snn: SpikingNetwork, data: Iterable) -> Optional[dict]:
+        r = self.recipe
+        if r.correction is None:
+            return None
+        report = apply_correction(r.correction, ann, snn, data, r.correction_T, r.num_batches,
+                                  **dict(r.correction_options))
+        snn.conversion["correction_report"] = report
+        return report
+
+    def spike_confidence(self, ann: fx.GraphModule, snn: SpikingNetwork, data: Iterable) -> Optional[dict]:
+        if self.recipe.sc is None:
+            return None
+        return apply_spike_confidence(snn, ann, data, dict(self.recipe.sc))
+
+    # ------------------------------------------------------------------ all of them
+    def run(self, model: nn.Module, data: Iterable, lam: Optional[Sequence[torch.Tensor | float]] = None,
+            sc: bool = True, ann: Optional[fx.GraphModule] = None) -> SpikingNetwork:
+        """Every stage on ``model`` (not modified) and the calibration ``data``; ``lam`` skips the
+        lam stage, ``sc=False`` the spike-confidence stage, ``ann`` the preparation."""
+        ann = self.prepare(model) if ann is None else ann
+        if self.needs_data_twice():
+            data = one_shot_safe(data, self.recipe.num_batches)
+        lam = self.lam(ann, data) if lam is None else lam
+        snn = self.build(ann, lam)
+        self.correct(ann, snn, data)
+        if sc:
+            self.spike_confidence(ann, snn, data)
+        snn.reset()
+        return snn
+
+    # ------------------------------------------------------------------ storing and rebuilding
+    def state(self, snn: SpikingNetwork) -> dict:
+        """What rebuilds ``snn`` from the same ANN: the recipe, lam and the correction's state."""
+        return {"recipe": self.recipe.to_dict(), "lam": [v.detach().cpu() for v in snn.lam],
+                "correction_state": correction_state(snn, self.recipe.correction)}
+
+    def restore(self, model: nn.Module, state: Mapping[str, Any], dtype: Optional[torch.dtype] = None,
+                device=None) -> tuple[fx.GraphModule, SpikingNetwork]:
+        """(prepared ANN, SNN) of ``model`` from a :meth:`state`, in ``dtype`` on ``device``."""
+        if dtype is not None:
+            model = model.to(dtype)
+        ann = self.prepare(model)
+        lam = [v if dtype is None else v.to(dtype) for v in state["lam"]]
+        snn = self.build(ann, lam)
+        if device is not None:
+            snn.to(device)
+        restore_correction(snn, state.get("correction_state"))
+        return ann, snn
+
+
+def convert(model: nn.Module, calibration_data: Iterable, recipe: Optional[Recipe] = None, *,
+            lam: Optional[Sequence[torch.Tensor | float]] = None, **keywords) -> SpikingNetwork:
     """Convert an eval-mode ReLU (or QCFS) ANN into an SNN that runs one time step per call.
+
+    Either a :class:`Recipe` (e.g. ``msat.METHODS["calibration_light"]``, or
+    ``msat.METHODS["msat"].for_model("vgg16")``) or the keywords below, which build one:
 
     Args:
         model: the trained ANN (not modified).
@@ -62,63 +137,19 @@ def convert(
         v_init: initial membrane in units of ``lam``; None means 0 (the paper), or 0.5 for a
             QCFS net and for LTB, as their papers prescribe.
         lam: skip calibration and use these layer scales (one per ReLU site).
-        balancing: ``"max"`` (the max or ``percentile`` of the ReLU outputs) or ``"ltb"``
-            (local threshold balancing, per channel, over ``passes`` passes). A QCFS net
-            takes its trained ``lam`` and needs no calibration pass.
+        balancing: where ``lam`` comes from: ``"max"`` (the max or ``percentile`` of the ReLU
+            outputs), ``"ltb"`` (local threshold balancing, per channel, over ``passes``
+            passes) or ``"trained"`` (a QCFS net's; ``"max"`` on a QCFS net is the same).
         correction: ``None``, ``"light"`` / ``"advanced"`` (SNN Calibration, Li et al. 2021)
-            or ``"rts"`` (Deng & Gu 2021), for a target number of steps ``T``.
-        correction_options: extra settings of the correction (see :mod:`msat.corrections`).
+            or ``"rts"`` (Deng & Gu 2021), or any registered correction, for a target number
+            of steps ``T``.
+        correction_options: settings of the correction (see :mod:`msat.conversion.corrections`).
     """
-    rule = make_rule(method, hparams)  # validates the rule before any work
-    check_percentile(percentile)
-    if balancing not in BALANCING:
-        raise ValueError(f"unknown balancing {balancing!r}; choose one of {', '.join(BALANCING)}")
-    if balancing == "ltb":
-        check_passes(passes)
-        if percentile < 1.0:
-            raise ValueError("balancing='ltb' chooses its own thresholds; a percentile contradicts it: drop "
-                             "percentile (or use balancing='max')")
-    correction = check_correction(correction, T)
-    ann = prepare_ann(model)
-    qcfs = is_qcfs(ann)
-    if qcfs and lam is None and (percentile < 1.0 or channelwise or balancing != "max"):
-        raise ValueError("a QCFS net carries its trained lam; percentile, channelwise and balancing='ltb' contradict "
-                         "it: drop them (or pass lam= explicitly)")
-    needs_data_twice = sc is not None or correction is not None or balancing == "ltb"
-    if needs_data_twice:
-        calibration_data = one_shot_safe(calibration_data, num_batches)
-    if lam is None:
-        lam = compute_lam(ann, calibration_data, balancing, percentile, channelwise, passes, num_batches)
-    if v_init is None:
-        v_init = default_v_init(qcfs, balancing)
-    snn = build_snn(ann, lam, v_init=v_init, max_spikes=max_spikes, rule=rule)
-    snn.to(device_of(ann))
-    snn.conversion = {"balancing": "trained" if qcfs else balancing, "percentile": percentile,
-                      "channelwise": channelwise, "passes": passes if balancing == "ltb" else None,
-                      "v_init": v_init if isinstance(v_init, float) else "per-layer", "correction": correction, "T": T}
-    if correction is not None:
-        snn.conversion["correction_report"] = apply_correction(correction, ann, snn, calibration_data, T, num_batches,
-                                                               **dict(correction_options or {}))
-    if sc is not None:
-        apply_spike_confidence(snn, ann, calibration_data, sc)
-    snn.reset()
-    return snn
+    if recipe is None:
+        recipe = Recipe.from_keywords(**keywords)
+    elif keywords:
+        raise TypeError(f"pass a recipe or keywords, not both (got {sorted(keywords)})")
+    return Converter(recipe).run(model, calibration_data, lam=lam)
 
 
-def compute_lam(ann, calibration_data: Iterable, balancing: str = "max", percentile: float = 1.0,
-                channelwise: bool = False, passes: int = 20, num_batches: Optional[int] = None,
-                progress: bool = False) -> list[torch.Tensor]:
-    """The layer scales of a prepared ANN: trained (QCFS), LTB, or the max / percentile."""
-    if is_qcfs(ann):
-        return trained_lam(ann)
-    if balancing == "ltb":
-        return ltb_lam(ann, calibration_data, passes=passes, num_batches=num_batches, progress=progress)
-    return calibrate(ann, calibration_data, percentile, channelwise, num_batches, progress=progress)
-
-
-def default_v_init(qcfs: bool, balancing: str) -> float:
-    """0 (the MSAT paper), or half the threshold where the method's paper prescribes it (QCFS, LTB)."""
-    return 0.5 if (qcfs or balancing == "ltb") else 0.0
-
-
-__all__ = ["convert", "compute_lam", "default_v_init", "ConversionError", "CORRECTIONS"]
+__all__ = ["convert", "Converter", "Recipe", "CORRECTIONS"]

@@ -128,15 +128,31 @@ def load_ann_checkpoint(path: str | os.PathLike, wanted_spec: Optional[Mapping[s
     return ckpt
 
 
+def load_network(path: str | os.PathLike, spec: Optional[Mapping[str, Any]] = None, kind: str = "ann",
+                 device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """(the net, the checkpoint) of a ``train_ann.py`` (``kind="ann"``) or ``train_snn.py``
+    (``"mt_snn"``) checkpoint, in eval mode, loaded with ``weights_only=True``; with ``spec``, the
+    checkpoint must fit that model. The one model loader of the project."""
+    from ..models import create_model
+
+    ckpt = load_ann_checkpoint(path, spec, kind=kind)
+    try:
+        model = create_model(**ckpt["model_spec"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not hold a loadable {KIND_SOURCES[kind]} model: {exc}") from exc
+    return model.to(device).eval(), ckpt
+
+
 def load_ann(path: str | os.PathLike, spec: Mapping[str, Any], device: torch.device | str = "cpu",
              pretrained: bool = False):
     """(model, checkpoint sha256, checkpoint path) for a train_ann.py checkpoint that must fit
     ``spec`` (the ``create_model`` arguments); ``pretrained``: timm's weights when the file is
     missing (ResNet34)."""
-    from ..models import create_model
-
     path = Path(path)
     if not path.exists() and pretrained:
+        from ..models import create_model
+
         model = create_model(**spec, pretrained=True)
         return model.to(device).eval(), f"pretrained:timm/{spec['name']}", "pretrained"
     if not path.exists():
@@ -144,10 +160,7 @@ def load_ann(path: str | os.PathLike, spec: Mapping[str, Any], device: torch.dev
             f"ANN checkpoint not found: {str(path)!r}. Train it first (python train_ann.py with the same "
             f"dataset/model/seed overrides) or point calibration.checkpoint at a file"
         )
-    ckpt = load_ann_checkpoint(path, spec)
-    model = create_model(**ckpt["model_spec"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), file_sha256(path), str(path)
+    return load_network(path, spec, "ann", device)[0], file_sha256(path), str(path)
 
 
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
@@ -155,15 +168,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu"):
 
     A missing, corrupt or foreign file, or a ``train_snn.py`` checkpoint, raises a
     :class:`CheckpointError` that names the file and what it is."""
-    from ..models import create_model
-
-    ckpt = load_ann_checkpoint(path, None, kind="ann")
-    try:
-        model = create_model(**ckpt["model_spec"])
-        model.load_state_dict(ckpt["model"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not hold a loadable train_ann.py model: {exc}") from exc
-    return model.to(device).eval()
+    return load_network(path, None, "ann", device)[0]
 
 
 def export_weights(path: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> Path:
@@ -184,6 +189,9 @@ def load_artifact(path: str | os.PathLike, ann_sha256: str) -> dict:
     art = safe_load(path, "conversion artifact")
     if art.get("kind") != "conversion":
         raise CheckpointError(f"{path} is not a conversion artifact from convert.py")
+    if "recipe" not in art:
+        raise CheckpointError(f"conversion artifact {str(path)!r} was written by an older version of msat (it holds no "
+                              "recipe); rerun convert.py")
     if art["ann_sha256"] != ann_sha256:
         raise CheckpointError(
             f"conversion artifact {str(path)!r} was made from another ANN checkpoint (sha256 "

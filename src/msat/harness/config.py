@@ -5,14 +5,16 @@ command line is an error at composition time, not a silently ignored value."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .evaluation import REPORT_STEPS
+
 
 @dataclass
-class HParams:
+class HParamsConf:
     """Paper Table 2 (merged in from conf/method/hparams/<model>.yaml)."""
 
     alpha: float = MISSING
@@ -26,7 +28,7 @@ class HParams:
 
 
 @dataclass
-class SpikeConfidence:
+class SpikeConfidenceConf:
     enabled: bool = False
     early_steps: Any = 16  # E, or "auto"
     layers: Any = "last"  # last | all | list of layer indices
@@ -38,23 +40,24 @@ class SpikeConfidence:
 
 
 @dataclass
-class Method:
+class MethodConf:
     name: str = MISSING
     threshold: str = "msat"  # a registered threshold rule: msat | dtt | det | const
     frac: float = 1.0  # const threshold, as a fraction of lam
     v_init: Optional[float] = None  # initial membrane in units of lam; null: 0 (paper), 0.5 for QCFS and LTB
     max_spikes: int = 1  # burst firing: up to this many spikes per step
-    balancing: Optional[str] = None  # max | ltb; null: calibration.balancing (a method may pin its paper's)
-    correction: Optional[str] = None  # null | light | advanced (SNN Calibration) | rts
+    balancing: Optional[str] = None  # a lam source, max | ltb | trained; null: calibration.balancing
+    correction: Optional[str] = None  # null | a registered correction: light | advanced (SNN Calibration) | rts | ...
     correction_T: Optional[int] = None  # the target number of steps of the correction
-    hparams: HParams = field(default_factory=HParams)
-    sc: SpikeConfidence = field(default_factory=SpikeConfidence)
+    correction_options: Dict[str, Any] = field(default_factory=dict)  # the correction's own settings
+    hparams: HParamsConf = field(default_factory=HParamsConf)
+    sc: SpikeConfidenceConf = field(default_factory=SpikeConfidenceConf)
 
 
 @dataclass
-class Calibration:
+class CalibrationConf:
     checkpoint: str = "last.pt"  # file in ${paths.ckpt_dir} (or a path)
-    balancing: str = "max"  # max: the max / percentile of the ReLU outputs; ltb: local threshold balancing
+    balancing: str = "max"  # where lam comes from: max (the max / percentile of the ReLU outputs), ltb, trained (QCFS)
     percentile: float = 1.0  # lam = this quantile of the ReLU outputs (1.0 = max)
     channelwise: bool = False
     passes: int = 20  # LTB: passes over the calibration batches
@@ -65,7 +68,7 @@ class Calibration:
 
 
 @dataclass
-class Sim:
+class SimConf:
     chunk: Any = "auto"  # time steps per layer-major call; auto = 1 on CPU (cache-bound), 32 on GPU
     dtype: str = "float32"  # float32 | float64
     compile: Any = "auto"  # auto | true | false: the fused (torch.compile'd) neuron update
@@ -73,16 +76,16 @@ class Sim:
 
 
 @dataclass
-class Eval:
+class EvalConf:
     T: int = 256
-    checkpoints: List[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])  # clipped to T
+    checkpoints: List[int] = field(default_factory=lambda: list(REPORT_STEPS))  # the report steps, clipped to T
     tol: float = 0.1  # "Step" = first t within tol points of the ANN
     batch_size: int = 128
     max_samples: Optional[int] = None  # evaluate on a fixed subset of the test set
     subset_seed: int = 0  # which subset
     convert_if_missing: bool = True
     sin: bool = False  # SIN ratio / ANS of the evaluated SNN over the test set (Table 7)
-    theta_traces: bool = True
+    theta_traces: bool = True  # traces of the threshold theta_t * lam (threshold.png)
     firing_rates: bool = True
     diagnostics: bool = False  # per-layer error split (rel_l2 = qc + sin, paper Eq. 5) per step
     readout_start: Any = 0  # delayed readout: an integer d, or auto (estimated on calibration data)
@@ -101,10 +104,10 @@ def model_variant(activation: Optional[str], levels: Any) -> str:
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
-    cs.store(group="method", name="base_method", node=Method)
-    cs.store(name="base_calibration", node=Calibration, package="calibration")
-    cs.store(name="base_sim", node=Sim, package="sim")
-    cs.store(name="base_eval", node=Eval, package="eval")
+    cs.store(group="method", name="base_method", node=MethodConf)
+    cs.store(name="base_calibration", node=CalibrationConf, package="calibration")
+    cs.store(name="base_sim", node=SimConf, package="sim")
+    cs.store(name="base_eval", node=EvalConf, package="eval")
     if not OmegaConf.has_resolver("msat_variant"):
         OmegaConf.register_new_resolver("msat_variant", model_variant)
 

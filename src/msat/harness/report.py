@@ -22,8 +22,7 @@ from typing import Any, Iterable, Optional, Sequence
 from ..analysis.errors import first_layer_over
 from ..analysis.stats import holm, mcnemar, verdict, wilson_interval
 from .artifacts import load_predictions
-
-DEFAULT_CHECKPOINTS = (16, 32, 64, 128, 256)
+from .evaluation import REPORT_STEPS
 
 
 class ReportError(ValueError):
@@ -139,13 +138,13 @@ def _short_hw(hw: str) -> str:
     return (hw or "?").split(", torch")[0]
 
 
-def format_curve_table(results: dict[str, dict], checkpoints) -> str:
-    """A text table: one row per method, accuracy at the checkpoints, best and Step."""
-    head = f"{'method':<12}{'ANN':>8}" + "".join(f"{'T=' + str(t):>9}" for t in checkpoints) + f"{'best':>9}{'@t':>6}{'Step':>6}"
+def format_curve_table(results: dict[str, dict], steps) -> str:
+    """A text table: one row per method, accuracy at the report steps, best and Step."""
+    head = f"{'method':<12}{'ANN':>8}" + "".join(f"{'T=' + str(t):>9}" for t in steps) + f"{'best':>9}{'@t':>6}{'Step':>6}"
     lines = [head, "-" * len(head)]
     for name, r in results.items():
         ann = f"{r['ann_acc']:>8.2f}" if r.get("ann_acc") is not None else f"{'-':>8}"
-        row = f"{name:<12}{ann}" + "".join(f"{r['acc'][t - 1]:>9.2f}" for t in checkpoints if t <= r["T"])
+        row = f"{name:<12}{ann}" + "".join(f"{r['acc'][t - 1]:>9.2f}" for t in steps if t <= r["T"])
         step = r.get("step_within_tol")
         row += f"{r['best_acc']:>9.2f}{r['best_step']:>6}{(step if step is not None else '-'):>6}"
         lines.append(row)
@@ -220,13 +219,13 @@ def error_table(results: Iterable[dict], steps: Iterable[int] = ERROR_STEPS, lim
     return "\n".join(lines)
 
 
-def _report_steps(results: list[dict], checkpoints: Iterable[int]) -> list[int]:
-    """The checkpoints up to the longest run; runs shorter than the first checkpoint (directly
+def _report_steps(results: list[dict], steps: Iterable[int]) -> list[int]:
+    """The report steps up to the longest run; runs shorter than the first report step (directly
     trained SNNs, T = 1..5) get a column at their T."""
     T = max(len(r["acc"]) for r in results)
-    checkpoints = list(checkpoints)
-    short = {len(r["acc"]) for r in results if len(r["acc"]) < min(checkpoints)}
-    return sorted({t for t in checkpoints if t <= T} | short)
+    steps = list(steps)
+    short = {len(r["acc"]) for r in results if len(r["acc"]) < min(steps)}
+    return sorted({t for t in steps if t <= T} | short)
 
 
 def _table(head: list[str], body: list[list[str]], markdown: bool) -> str:
@@ -237,9 +236,9 @@ def _table(head: list[str], body: list[list[str]], markdown: bool) -> str:
     return "\n".join([fmt(head), "-" * (sum(widths) + 2 * len(widths))] + [fmt(b) for b in body])
 
 
-def curve_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, markdown: bool = False) -> str:
+def curve_table(results: Iterable[dict], steps: Iterable[int] = REPORT_STEPS, markdown: bool = False) -> str:
     results = list(results)
-    cps = _report_steps(results, checkpoints)
+    cps = _report_steps(results, steps)
     head = ["run", "dataset / model", "ANN"] + [f"T={t}" for t in cps] + ["best", "@t", "Step", "n"]
     body = []
     for r in results:
@@ -261,10 +260,10 @@ def interval(res: dict, t: int) -> Optional[tuple[float, float]]:
     return wilson_interval(whole if abs(k - whole) < 1e-6 else k, n)
 
 
-def interval_table(results: Iterable[dict], checkpoints: Iterable[int] = DEFAULT_CHECKPOINTS, markdown: bool = False) -> str:
+def interval_table(results: Iterable[dict], steps: Iterable[int] = REPORT_STEPS, markdown: bool = False) -> str:
     """95% Wilson intervals of every run's accuracy at the report steps, with the sample size."""
     results = list(results)
-    cps = _report_steps(results, checkpoints)
+    cps = _report_steps(results, steps)
     body = []
     for r in results:
         cells = [interval(r, t) for t in cps]

@@ -29,43 +29,39 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..analysis.stats import holm, mcnemar, verdict
+from ..conversion.methods import METHODS as NAMED
 from . import REPO
 from .checkpoint import file_sha256, load_ann_checkpoint, load_model, safe_load
 from .data import CIFAR10_NORMALIZATION, build_splits
+from .evaluation import REPORT_STEPS, count_correct
 from .report import interval
 from .reproduce_tables import figures, net_title, tables
+from .settings import recipe_overrides
 
 DEFAULT_CHECKPOINT = "docs/results/cifar10/vgg16_w0.25.pt"
 DEFAULT_DATA = "../shared/datasets/cifar10-jpeg"
-STEPS = (16, 32, 64, 128, 256)
+
+def variant(base: str, *eval_overrides: str, **changes) -> list[str]:
+    """The evaluate.py overrides of the named method ``base`` with its recipe changed by ``changes``
+    (recipe fields), then ``eval_overrides``."""
+    return recipe_overrides(NAMED[base].replace(**changes), base, NAMED[base]) + list(eval_overrides)
+
 
 # label -> evaluate.py overrides. The first seven are the paper's Fig. 5 / Fig. 6 rows.
 METHODS: dict[str, list[str]] = {
-    "const": ["method=const"],
-    "const_0.5": ["method=const_0.5"],
-    "const_0.2": ["method=const_0.2"],
-    "dtt": ["method=dtt"],
-    "det": ["method=det"],
-    "msat": ["method=msat"],
-    "msat_sc": ["method=msat_sc"],
-    "burst": ["method=burst"],
+    **{name: variant(name) for name in ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc", "burst")},
     # beyond the paper: membrane starting at lam/2, a 99.9th-percentile lam, and both
-    "const_v0.5": ["method=const", "method.v_init=0.5"],
-    "msat_v0.5": ["method=msat", "method.v_init=0.5"],
-    "const_p99.9": ["method=const", "calibration.percentile=0.999"],
-    "msat_p99.9": ["method=msat", "calibration.percentile=0.999"],
-    "const_v0.5_p99.9": ["method=const", "method.v_init=0.5", "calibration.percentile=0.999"],
-    "msat_v0.5_p99.9": ["method=msat", "method.v_init=0.5", "calibration.percentile=0.999"],
+    **{f"{name}_v0.5": variant(name, v_init=0.5) for name in ("const", "msat")},
+    **{f"{name}_p99.9": variant(name, percentile=0.999) for name in ("const", "msat")},
+    **{f"{name}_v0.5_p99.9": variant(name, v_init=0.5, percentile=0.999) for name in ("const", "msat")},
     # the comparison methods of the paper's Tables 3 and 4, on the same ReLU ANN
-    "rts": ["method=rts"],
-    "calibration_light": ["method=calibration_light"],
-    "calibration_advanced": ["method=calibration_advanced"],
-    "ltb": ["method=ltb"],
+    **{name: variant(name) for name in ("rts", "calibration_light", "calibration_advanced", "ltb")},
     # LTB's delayed readout, and MSAT on LTB's thresholds (membrane at lam/2, as LTB), with and without it
-    "ltb_delayed": ["method=ltb", "eval.readout_start=auto"],
-    "msat_ltb": ["method=msat", "calibration.balancing=ltb"],
-    "msat_ltb_delayed": ["method=msat", "calibration.balancing=ltb", "eval.readout_start=auto"],
+    "ltb_delayed": variant("ltb", "eval.readout_start=auto"),
+    "msat_ltb": variant("msat", balancing="ltb"),
+    "msat_ltb_delayed": variant("msat", "eval.readout_start=auto", balancing="ltb"),
 }
+
 QCFS = {"activation": "qcfs", "levels": 4, "lam_init": 2.0}  # docs/results/cifar10/train_qcfs.sh
 PRIMARY = ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc")  # always on --n-images
 SIN_LABELS = ("const", "msat", "msat_sc")  # SIN over the test set: Fig. 2 and Table 7
@@ -188,13 +184,8 @@ def ann_full_accuracy(checkpoint: Path, data: Path, limit: Optional[int]) -> tup
     """The ANN's accuracy on every JPEG test image (``limit`` of them in quick mode)."""
     splits = cifar10_splits(data, test_limit=limit, train_limit=16)
     model = load_model(checkpoint)
-    loader = torch.utils.data.DataLoader(splits.test, batch_size=500)
-    correct = n = 0
-    with torch.no_grad():
-        for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-            n += len(y)
-    return 100.0 * correct / n, n
+    sums = count_correct(model, torch.utils.data.DataLoader(splits.test, batch_size=500), torch.device("cpu"))
+    return 100.0 * float(sums[0]) / float(sums[2]), int(sums[2])
 
 
 def search_methods(path: Optional[str]) -> dict[str, list[str]]:
@@ -344,7 +335,7 @@ def diagnostics(args, spec: dict, found: dict, out: Path) -> dict:
     return res
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m msat.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a train_ann.py CIFAR-10 checkpoint (VGG16, ResNet-20, ...)")
     p.add_argument("--data", default=os.environ.get("MSAT_CIFAR10_JPEG", DEFAULT_DATA), help="root of {train,test}/<class>/")
@@ -366,9 +357,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="skip the per-layer error split (const, MSAT, MSAT+SC, the best lever)")
     p.add_argument("--diag-images", type=int, default=256, help="test images of the error split (a nested subset)")
     p.add_argument("--skip-runs", action="store_true", help="only gather the finished runs")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.n_images, args.T = min(args.n_images, 8), min(args.T, 8)
+    return p
+
+
+def _labels(args) -> list[str]:
+    """The labels to run: all, or those of --methods ('search': the search's winners)."""
     METHODS.update(search_methods(args.search))
     METHODS.update(qcfs_methods(args.qcfs_checkpoint))
     labels = list(METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -376,6 +369,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     unknown = [m for m in labels if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method label(s) {unknown}; choose from {', '.join(METHODS)}")
+    return labels
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args.n_images, args.T = min(args.n_images, 8), min(args.T, 8)
+    labels = _labels(args)
     if args.n_images < 1 or args.T < 1:
         raise SystemExit(f"--n-images and --T must be >= 1 (got {args.n_images}, {args.T})")
     args.data = str(Path(args.data).resolve())
@@ -400,7 +401,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     missing = [lab for lab in labels if lab not in found]
     ann_acc, n_full = ann_full_accuracy(Path(args.checkpoint), Path(args.data), args.n_images if args.quick else None)
     summary = summarize_runs(args, spec, ckpt, found, ann_acc, n_full)
-    steps = [t for t in STEPS if t <= args.T] or [args.T]
+    steps = [t for t in REPORT_STEPS if t <= args.T] or [args.T]
     n_test = len(cifar10_splits(Path(args.data), train_limit=16).test)
     refs = references(found)
     tests = {ref: paired_tests(found, n_test, ref) for ref in refs}

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .evaluation import REPORT_STEPS
 from .plots import plot_bars, plot_curves
 
-STEPS = (16, 32, 64, 128, 256)
 FIG5 = ("const", "const_0.5", "const_0.2", "dtt", "det", "msat")
 PAPER_TABLE4 = {  # paper Table 4, VGG16 / CIFAR-10 (ANN 95.45 / 95.72 / 92.37)
     "MSAT": {"16": 73.42, "32": 93.87, "64": 95.20, "128": 95.44, "256": 95.50},
@@ -95,18 +95,18 @@ def tables(summary: dict, found: dict, tests: dict, steps, refs: dict | None = N
 
 def _table4(summary: dict, found: dict) -> list[str]:
     lines = ["", "## Table 4 layout (VGG16 / CIFAR-10): paper beside ours", "",
-             "| row | ANN | " + " | ".join(f"T={t}" for t in STEPS) + " |", "|---|---|" + "---|" * len(STEPS)]
+             "| row | ANN | " + " | ".join(f"T={t}" for t in REPORT_STEPS) + " |", "|---|---|" + "---|" * len(REPORT_STEPS)]
     paper_ann = {"MSAT": 95.45, "Calibration": 95.72, "DTIF": 92.37}
     for name, accs in PAPER_TABLE4.items():
-        lines.append(f"| paper: {name} | {paper_ann[name]:.2f} | {_row(accs, STEPS)} |")
+        lines.append(f"| paper: {name} | {paper_ann[name]:.2f} | {_row(accs, REPORT_STEPS)} |")
     for lab, name in (("msat_sc", "ours: MSAT (+SC)"), ("msat", "ours: MSAT"), ("calibration_light", "ours: Calibration (light)"),
                       ("calibration_advanced", "ours: Calibration (advanced)"), ("ltb", "ours: LTB"),
                       ("qcfs", "ours: QCFS net (its own ANN)")):
         if lab in summary["curves"]:
             acc = summary["curves"][lab]["acc"]
-            vals = {str(t): acc[t - 1] for t in STEPS if t <= len(acc)}
+            vals = {str(t): acc[t - 1] for t in REPORT_STEPS if t <= len(acc)}
             ann = found[lab]["res"]["ann_acc"] if lab == "qcfs" else summary["ann"]["ann_acc_full"]  # QCFS: its ANN, subset
-            lines.append(f"| {name} | {ann:.2f} | {_row(vals, STEPS)} |")
+            lines.append(f"| {name} | {ann:.2f} | {_row(vals, REPORT_STEPS)} |")
     return lines
 
 

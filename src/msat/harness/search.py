@@ -23,11 +23,14 @@ from typing import Any, Optional
 
 import torch
 
-from ..conversion.methods import TABLE2
-from ..conversion.pipeline import compute_lam, convert
+from ..conversion.methods import METHODS
+from ..conversion.pipeline import Converter, convert
 from ..conversion.prepare import prepare_ann
+from ..conversion.recipe import Recipe
 from ..spiking.simulation import simulate
 from .checkpoint import load_ann_checkpoint, load_model
+from .evaluation import count_correct
+from .settings import OVERRIDES
 
 GRID: dict[str, list[Any]] = {
     "threshold": ["const", "msat"],
@@ -37,19 +40,29 @@ GRID: dict[str, list[Any]] = {
     "balancing": ["max", "ltb"],  # ltb: local threshold balancing (per-channel lam); it takes no percentile
 }
 LTB_PASSES = 20  # as conf/config.yaml calibration.passes
-CORRECTION_T = 32  # the target steps of the light correction (as conf/method/calibration_light.yaml)
+CORRECTION_T = METHODS["calibration_light"].correction_T  # the target steps of the light correction
 RANK_AT = (16, 32, 64)
+# what each "extra" lever changes in a recipe
+EXTRAS = {"none": {}, "burst": {"max_spikes": 5}, "light": {"correction": "light", "correction_T": CORRECTION_T}}
+
+
+def candidate_recipe(c: dict, arch: str) -> Recipe:
+    """The recipe of a candidate, for the architecture's Table 2 row. A light correction measures
+    on one calibration batch (``num_batches=1``), as evaluate.py's default."""
+    r = METHODS[c["threshold"]].for_model(arch).replace(percentile=float(c["percentile"]), v_init=float(c["v_init"]),
+                                                        **EXTRAS[c["extra"]])
+    if c.get("balancing", "max") == "ltb":
+        r = r.replace(balancing="ltb", passes=LTB_PASSES)
+    return r.replace(num_batches=1) if r.correction else r
 
 
 def candidate_overrides(c: dict) -> list[str]:
-    """The evaluate.py overrides of a candidate (what msat.reproduce runs on the test images)."""
+    """The evaluate.py overrides of a candidate (what msat.reproduce runs on the test images); they
+    compose into :func:`candidate_recipe` (tests/test_methods.py checks)."""
     o = [f"method={c['threshold']}", f"calibration.percentile={c['percentile']}", f"method.v_init={c['v_init']}"]
     if c.get("balancing", "max") == "ltb":
         o += ["calibration.balancing=ltb", f"calibration.passes={LTB_PASSES}"]
-    if c["extra"] == "burst":
-        o.append("method.max_spikes=5")
-    elif c["extra"] == "light":
-        o += ["method.correction=light", f"method.correction_T={CORRECTION_T}"]
+    o += [f"{OVERRIDES[k]}={v}" for k, v in EXTRAS[c["extra"]].items()]
     return o
 
 
@@ -107,20 +120,21 @@ def score(snn, val, T: int) -> torch.Tensor:
 
 def run_search(model, cal, val, grid: dict, T: int, arch: str, log=print) -> list[dict]:
     ann = prepare_ann(model)
-    # the lam of each (balancing, percentile) pair, shared by the candidates
-    lams = {("max", p): compute_lam(ann, cal, percentile=p) for p in grid["percentile"]}
-    if "ltb" in grid["balancing"]:
-        lams["ltb", 1.0] = compute_lam(ann, cal, balancing="ltb", passes=LTB_PASSES)
+    lams = {}  # the lam of each (balancing, percentile), shared by the candidates
+
+    def lam_of(r: Recipe):
+        key = (r.balancing, r.percentile)
+        if key not in lams:
+            lams[key] = Converter(Recipe(threshold="const", balancing=r.balancing, percentile=r.percentile,
+                                          passes=r.passes)).lam(ann, cal)
+        return lams[key]
+
     results = []
     combos = candidates(grid)
     for i, c in enumerate(combos):
         t0 = time.time()
-        hp = TABLE2.get(arch) if c["threshold"] != "const" else None
-        kw = dict(method=c["threshold"], hparams=hp, lam=lams[c["balancing"], c["percentile"]], v_init=float(c["v_init"]),
-                  max_spikes=5 if c["extra"] == "burst" else 1)
-        if c["extra"] == "light":
-            kw.update(correction="light", T=CORRECTION_T, num_batches=1)
-        snn = convert(model, cal, **kw)
+        recipe = candidate_recipe(c, arch)
+        snn = convert(model, cal, recipe, lam=lam_of(recipe))
         acc = score(snn, val, T)
         results.append({**c, "name": candidate_name(c), "acc": acc.tolist(), "overrides": candidate_overrides(c)})
         log(f"[search] {i + 1}/{len(combos)} {candidate_name(c):32s} "
@@ -171,8 +185,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     splits = cifar10_splits(Path(args.data), test_limit=8 if args.quick else None,
                             train_limit=(args.cal_batches + args.val_batches) * args.batch_size if args.quick else None)
     cal, val = held_out_batches(splits, 0, args.batch_size, args.cal_batches, args.val_batches)
-    with torch.no_grad():
-        ann_val = 100.0 * sum(int((model(x).argmax(1) == y).sum()) for x, y in val) / sum(len(y) for _, y in val)
+    sums = count_correct(model, val, torch.device("cpu"))
+    ann_val = 100.0 * float(sums[0]) / float(sums[2])
     results = run_search(model, cal, val, grid, args.T, spec["name"])
     ranking = rank(results, args.T)
     out = Path(args.out)

@@ -184,9 +184,9 @@ def log_evaluation(tr: Tracker, res: Mapping[str, Any], out: Path, label: str, t
             pngs["firing_rate"] = plot_bars(out / "firing_rate.png", [f"{i}" for i in range(len(res["firing_rate"]))],
                                             res["firing_rate"], f"firing rate per layer (mean {res['firing_rate_mean']:.4f})",
                                             "spikes / neuron / step")
-        if "theta_traces" in res:
-            tr_ = res["theta_traces"]
-            pngs["theta"] = plot_curves(out / "theta.png", {f"{i}": t["mean"] for i, t in enumerate(tr_)},
+        if "threshold_traces" in res:
+            tr_ = res["threshold_traces"]
+            pngs["threshold"] = plot_curves(out / "threshold.png", {f"{i}": t["mean"] for i, t in enumerate(tr_)},
                                         "threshold theta_t * lam per layer (mean, 10-90% band)", ylabel="threshold",
                                         bands={f"{i}": (t["p10"], t["p90"]) for i, t in enumerate(tr_)}, logx=True)
         if "sin" in res:
@@ -198,8 +198,8 @@ def log_evaluation(tr: Tracker, res: Mapping[str, Any], out: Path, label: str, t
         row = {"timestep": t + 1, "curve/snn_acc": a, "curve/ann_acc": res["ann_acc"]}
         if std:
             row["curve/snn_acc_std"] = std[t]
-        for i, th in enumerate(res.get("theta_traces", [])):
-            row[f"curve/theta_mean_{i}"] = th["mean"][t]
+        for i, th in enumerate(res.get("threshold_traces", [])):
+            row[f"curve/threshold_mean_{i}"] = th["mean"][t]
         for i, r in enumerate(res.get("sin", {}).get("ratio", [])):
             row[f"curve/sin_ratio_{i}"] = r[t]
         tr.log(row)

@@ -12,7 +12,6 @@ from . import m5, mt_nets, resnet_cifar, resnet_imagenet, vgg  # noqa: F401  (re
 from .activations import make_activation
 
 MODEL_NAMES = ("vgg16", "resnet20", "resnet34", "m5")
-ONE_D_MODELS = ("m5",)  # nets on 1-D signals [batch, channels, samples]
 MT_MODEL_NAMES = ("mt_vgg8", "mt_vgg9", "mt_resnet20")
 
 

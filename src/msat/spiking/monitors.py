@@ -96,7 +96,7 @@ class FiringMonitor(Monitor):
         return float(self.state["neurons"]) / samples if samples else 0.0
 
 
-class ThetaMonitor(Monitor):
+class ThresholdMonitor(Monitor):
     """Trace of the firing threshold ``theta_t * lam``: its mean over all neurons, and its
     10th/90th percentiles over a fixed random sample of ``n_sample`` neuron entries per
     batch (exact percentiles of millions of entries at every step would cost more than

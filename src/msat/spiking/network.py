@@ -24,7 +24,7 @@ import torch.fx as fx
 from torch import nn
 
 from .graph import input_dependent, modules_of
-from .monitors import FiringMonitor, MonitorSet, SINMonitor, ThetaMonitor
+from .monitors import FiringMonitor, MonitorSet, SINMonitor, ThresholdMonitor
 from .neuron import IFNeuron, StepModule
 from .pooling import LIPool
 
@@ -162,18 +162,18 @@ class SpikingNetwork(nn.Module):
 
     # ----------------------------------------------------------- statistics
     @contextmanager
-    def monitor(self, T: int, firing: bool = False, theta: bool = False, sin: bool = False, device=None,
+    def monitor(self, T: int, firing: bool = False, threshold: bool = False, sin: bool = False, device=None,
                 **groups: Sequence[Any]) -> Iterator[MonitorSet]:
         """Attach monitors to every spiking layer for the ``with`` block; yields a
-        :class:`~msat.spiking.monitors.MonitorSet` (``.firing``, ``.theta``, ``.sin``, and any extra
+        :class:`~msat.spiking.monitors.MonitorSet` (``.firing``, ``.threshold``, ``.sin``, and any extra
         ``name=[one monitor per layer]`` group, None for a layer left out). The hooks are
         removed on exit."""
         L = len(self.neurons)
         built: dict[str, Sequence[Any]] = {}
         if firing:
             built["firing"] = [FiringMonitor(T, device) for _ in range(L)]
-        if theta:
-            built["theta"] = [ThetaMonitor(T, device, seed=i) for i in range(L)]
+        if threshold:
+            built["threshold"] = [ThresholdMonitor(T, device, seed=i) for i in range(L)]
         if sin:
             built["sin"] = [SINMonitor(T, device) for _ in range(L)]
         for name, ms in groups.items():

@@ -4,11 +4,11 @@ An :class:`IFNeuron` integrates ``x_t = input_t / lam`` (everything runs in unit
 layer scale ``lam``), fires when the membrane reaches the threshold ``theta_t`` and resets
 by subtraction; a spike carries ``theta_t * lam`` to the next layer. Three pieces compose:
 
-- the **threshold rule** (:class:`ThresholdRule`, in :mod:`msat.thresholds`), with one method,
+- the **threshold rule** (:class:`ThresholdRule`, in :mod:`msat.spiking.thresholds`), with one method,
   ``theta(x, d)``. ``const`` (``frac``; 1 = max-norm IF), ``msat``, ``dtt``, ``det``;
   a new rule is one registered subclass;
 - **firing**: one spike per step, or a burst of up to ``max_spikes`` (spec ``mt.md`` 1);
-- the **spike-confidence gate** (:class:`SpikeConfidence`), which drops early spikes.
+- the **spike-confidence gate** (:class:`SpikeGate`), which drops early spikes.
 
 The step maths (:func:`if_step`) exists once. The fast path is the same function compiled
 with ``torch.compile`` into one pass over memory (``compile=True``); eager mode runs it as
@@ -25,10 +25,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .fused import compiled, describe_mismatch, fused_failed, rounding_tolerance, run_guarded
-from .thresholds import (
-    ThresholdRule,
-    make_rule,
-)
+from .thresholds import ThresholdRule, make_rule
 
 SC_RESET_MODES = ("fired", "emitted")
 
@@ -118,7 +115,7 @@ def _compiled_step(with_stats: bool):
 
 
 def _step_agrees(args, res, e_args, e_res, before) -> Optional[str]:
-    """The guard's comparison of a compiled neuron step with the eager one (msat.fused): the same
+    """The guard's comparison of a compiled neuron step with the eager one (msat.spiking.fused): the same
     spikes, except where the eager membrane lies within rounding of a threshold, and membranes,
     running sums and outputs within rounding."""
     max_spikes, lam = args[1], args[5]
@@ -142,12 +139,11 @@ def _step_agrees(args, res, e_args, e_res, before) -> Optional[str]:
     return describe_mismatch(bad, diffs)
 
 
-def _run_compiled(neuron: "IFNeuron", inp, lam, inv_tm1):
+def _run_compiled(neuron: "IFNeuron", inp, lam, inv_tm1, bias):
     """The fused step, or None (and eager from then on) when the compiled step fails here or
-    disagrees with eager on its first call (see :mod:`msat.fused`)."""
+    disagrees with eager on its first call (see :mod:`msat.spiking.fused`)."""
     stats = bool(neuron._hooks)
-    args = (neuron.rule, neuron.max_spikes, neuron.v, neuron.s, inp, lam, inv_tm1, neuron._dead, neuron.bias,
-            neuron._inv_lam)
+    args = (neuron.rule, neuron.max_spikes, neuron.v, neuron.s, inp, lam, inv_tm1, neuron._dead, bias, neuron._inv_lam)
     res = run_guarded("neuron update", _compiled_step(with_stats=stats), _step_fn(True), args, (2, 3), _step_agrees,
                       pick=lambda r: r if stats else r[:1])
     if res is None or fused_failed():
@@ -197,7 +193,7 @@ class StepModule(nn.Module):
         return torch.cat([self.step(x) for x in xs], 0)
 
 
-class SpikeConfidence:
+class SpikeGate:
     """Keeps each spike with probability ``p`` in steps 1..``early_steps`` (spec section 3).
 
     Draws come from a generator seeded per batch (``reset(seed)``), one independent draw
@@ -265,8 +261,9 @@ class IFNeuron(StepModule):
         self.set_v_init(v_init)
         lam = torch.as_tensor(lam)
         self.register_buffer("lam", (lam if lam.is_floating_point() else lam.float()).clone())
-        self.register_buffer("bias", None)  # input bias correction (SNN Calibration, RTS)
-        self.sc: Optional[SpikeConfidence] = None
+        self.register_buffer("bias", None)  # input bias correction (SNN Calibration, RTS, FTBC)
+        self.bias_per_step = False
+        self.sc: Optional[SpikeGate] = None
         self.compiled = False  # run the fused (torch.compile'd) step where it applies
         self._hooks: OrderedDict[int, Any] = OrderedDict()
         self.register_state("v")  # membrane, in units of lam
@@ -296,7 +293,7 @@ class IFNeuron(StepModule):
 
     def configure_sc(self, p: Optional[float], early_steps: int, reset: str = "fired", seed: int = 0) -> None:
         """Spike confidence on this layer (``p=None``: off)."""
-        sc = SpikeConfidence(p if p is not None else 1.0, early_steps, reset, seed)
+        sc = SpikeGate(p if p is not None else 1.0, early_steps, reset, seed)
         self.sc = sc if p is not None else None
 
     def set_v_init(self, v_init) -> None:
@@ -310,10 +307,18 @@ class IFNeuron(StepModule):
         else:
             self.v_init = float(v_init)
 
-    def set_bias(self, bias: Optional[torch.Tensor]) -> None:
-        """A correction added to the neuron's input at every step (the preceding layer's bias
-        shift, in the input's units); None removes it."""
+    def set_bias(self, bias: Optional[torch.Tensor], per_step: bool = False) -> None:
+        """A correction added to the neuron's input (the preceding layer's bias shift, in the
+        input's units); None removes it. ``per_step``: ``bias`` is a schedule ``[S, ...]`` whose row
+        t-1 is added at step t, its last row from step S on."""
         self.bias = None if bias is None else bias.detach().to(self.lam.dtype).clone()
+        self.bias_per_step = bool(per_step) and bias is not None
+
+    def bias_at(self, t: int) -> Optional[torch.Tensor]:
+        """The input bias of step t (1-based)."""
+        if self.bias is None or not self.bias_per_step:
+            return self.bias
+        return self.bias[min(t, self.bias.shape[0]) - 1]
 
     def register_step_hook(self, hook) -> RemovableHandle:
         """``hook.on_step(neuron, t, theta, fired, emitted)`` runs after every step."""
@@ -342,9 +347,10 @@ class IFNeuron(StepModule):
         lam = self._lam
         inv_tm1 = None if t == 1 else torch.full((), 1.0 / (t - 1), dtype=inp.dtype, device=inp.device)
         gated = self.sc is not None and self.sc.active(t)
+        bias = self.bias_at(t)
         res = None
         if self.compiled and not gated:
-            res = _run_compiled(self, inp, lam, inv_tm1)
+            res = _run_compiled(self, inp, lam, inv_tm1, bias)
         if res is not None:
             out, fired, theta = res if len(res) == 3 else (res[0], None, None)
             emitted = fired
@@ -352,7 +358,7 @@ class IFNeuron(StepModule):
             gate = self.sc.gate(self.max_spikes) if gated else None
             by_emitted = not gated or self.sc.reset_mode == "emitted"
             out, emitted, fired, theta = if_step(self.rule, self.max_spikes, self.v, self.s, inp, lam, inv_tm1,
-                                                 self._dead, self.bias, gate, by_emitted, self._inv_lam)
+                                                 self._dead, bias, gate, by_emitted, self._inv_lam)
         for hook in self._hooks.values():
             hook.on_step(self, t, theta, fired, emitted)
         return out

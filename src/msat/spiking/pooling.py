@@ -28,7 +28,7 @@ def _fused_pool_step():
 
 
 def _pool_agrees(args, res, e_args, e_res, before):
-    """The guard's comparison (msat.fused): the cumulative input, the window max and the output
+    """The guard's comparison (msat.spiking.fused): the cumulative input, the window max and the output
     within rounding of eager (in practice they are the same bits)."""
     X_e, m_e = e_args[0], e_res[1]
     tol = rounding_tolerance(X_e.dtype)

@@ -2,7 +2,7 @@
 threshold in units of the layer scale lam, from the input ``x`` and the tracking term ``d``.
 
 ``const`` (``frac``; 1 = max-norm IF), ``msat`` (DTT x DET), ``dtt``, ``det``. A new rule is
-one subclass registered with :func:`register_rule`; :mod:`msat.neurons` runs any of them.
+one subclass registered with :func:`register_rule`; :mod:`msat.spiking.neuron` runs any of them.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class ThresholdRule:
     first = 1.0
     needs_mean = False
     needs_input = False
+    table2 = False  # its hyperparameters are a row of the paper's Table 2 (per architecture)
 
     @classmethod
     def from_hparams(cls, hparams: Optional[Mapping[str, Any]]) -> "ThresholdRule":
@@ -90,9 +91,10 @@ class Adaptive(ThresholdRule):
 
     use_dtt = True
     use_det = True
+    table2 = True
 
     def __init__(self, alpha=None, k_a=None, k_i=None, C=None, tau_mp=None, tau_rd=None, V_T: float = -1.0,
-                 tau_rd_twice: bool = False, frac=None):
+                 tau_rd_twice: bool = False):
         given = dict(alpha=alpha, k_a=k_a, k_i=k_i, C=C, tau_mp=tau_mp, tau_rd=tau_rd)
         missing = [k for k, v in given.items() if v is None]
         if len(missing) == len(given):
@@ -111,7 +113,7 @@ class Adaptive(ThresholdRule):
     def from_hparams(cls, hparams):
         if hparams is None:
             return cls()
-        unknown = set(hparams) - set(HPARAM_KEYS) - {"V_T", "tau_rd_twice", "frac"}
+        unknown = set(hparams) - set(HPARAM_KEYS) - {"V_T", "tau_rd_twice"}
         if unknown:
             raise ValueError(f"method {cls.name!r}: unknown hyperparameters {sorted(unknown)}")
         return cls(**dict(hparams))

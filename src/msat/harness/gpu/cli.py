@@ -1,9 +1,9 @@
-"""``python -m msat.gpu.cli``: the GPU plan's stages under one time limit (``scripts/gpu/run.sh``).
+"""``python -m msat.harness.gpu.cli``: the GPU plan's stages under one time limit (``scripts/gpu/run.sh``).
 
-    python -m msat.gpu.cli pack --data ../shared/datasets/cifar10-jpeg --packed carry/packed
-    python -m msat.gpu.cli --out $OUT --packed carry/packed --time-limit 540            # every stage
-    python -m msat.gpu.cli evaluate --out $OUT --packed carry/packed --time-limit 300   # a rerun of one stage
-    python -m msat.gpu.cli --dry-run --device cpu --out /tmp/gpu-dry --packed /tmp/packed   # the CPU dry run
+    python -m msat.harness.gpu.cli pack --data ../shared/datasets/cifar10-jpeg --packed carry/packed
+    python -m msat.harness.gpu.cli --out $OUT --packed carry/packed --time-limit 540            # every stage
+    python -m msat.harness.gpu.cli evaluate --out $OUT --packed carry/packed --time-limit 300   # a rerun of one stage
+    python -m msat.harness.gpu.cli --dry-run --device cpu --out /tmp/gpu-dry --packed /tmp/packed   # the CPU dry run
 
 Stages, in order, with their budgets (seconds) and the least time worth starting them with;
 see scripts/gpu/README.md for the expected times and what is shrunk first.
@@ -22,7 +22,7 @@ from .packed import PackedDataError, pack_cifar10
 from .speed import speed
 from .stages import EVAL_METHODS, evaluate, gpu_tests, setup, train
 
-log = logging.getLogger("msat.gpu")
+log = logging.getLogger("msat.harness.gpu")
 
 STAGES = [
     Stage("setup", 30, 5, setup, "versions, the device, the packed test and calibration images decoded once"),

@@ -89,7 +89,7 @@ def read_index(prefix: Path) -> dict:
     j, b = prefix.with_suffix(".json"), prefix.with_suffix(".bin")
     if not (j.is_file() and b.is_file()):
         raise PackedDataError(f"packed data {prefix}.{{bin,json}} not found: make it with "
-                              "python -m msat.gpu.cli pack --data <cifar10-jpeg> --packed <folder>")
+                              "python -m msat.harness.gpu.cli pack --data <cifar10-jpeg> --packed <folder>")
     meta = json.loads(j.read_text())
     if meta.get("format") != "msat-packed-jpeg/1":
         raise PackedDataError(f"{j} is not an index of packed JPEG files")

@@ -22,7 +22,7 @@ from ...conversion.pipeline import convert
 from ...models import create_model
 from ...spiking.simulation import simulate
 from .budget import StageContext
-from .stages import VGG, device_of, eval_data, sync
+from .stages import EVAL_METHODS, device_of, eval_data, sync
 
 log = logging.getLogger(__name__)
 FULL = 10_000 * 256  # image-steps of the full test set at T = 256
@@ -63,7 +63,7 @@ def speed(ctx: StageContext) -> dict:
     model = create_model("vgg16", 10, 3, a.speed_width).to(dev).eval()  # the same (random) weights for every contender
     T, B = a.speed_T, len(x)
     const = convert(model, cal, method="const")
-    msat = convert(model, cal, method="msat", hparams=VGG, lam=[v.clone() for v in const.lam])  # the same lam
+    msat = convert(model, cal, EVAL_METHODS["msat"], lam=[v.clone() for v in const.lam])  # the same lam
 
     def dense():
         with torch.no_grad():

@@ -1,7 +1,7 @@
-"""The stages of the GPU plan. Each takes a :class:`~msat.gpu.budget.StageContext`, keeps to
+"""The stages of the GPU plan. Each takes a :class:`~msat.harness.gpu.budget.StageContext`, keeps to
 its deadline by shrinking its own work, writes what it has under ``ctx.out`` as soon as it
 has it, and returns a small dict for ``status.json``. ``ctx.args`` holds the settings of
-:mod:`msat.gpu.cli`; ``ctx.shared`` carries the decoded data and the trained net between
+:mod:`msat.harness.gpu.cli`; ``ctx.shared`` carries the decoded data and the trained net between
 stages. Every line runs on the CPU too (``--dry-run``: a tiny net, a few images and steps).
 """
 
@@ -20,40 +20,36 @@ import torch
 import torch.nn.functional as F
 
 from ...analysis.energy import energy_ratio, layer_ops
-from ...conversion.methods import TABLE2
+from ...conversion.methods import METHODS
 from ...conversion.pipeline import convert
 from ...conversion.prepare import prepare_ann
+from ...conversion.recipe import Recipe
 from ...models import create_model
 from .. import REPO
 from ..checkpoint import FORMAT_VERSION, load_model
 from ..data import CIFAR10_NORMALIZATION
-from ..evaluation import evaluate_snn, summarize
+from ..evaluation import REPORT_STEPS, count_correct, evaluate_snn, summarize
+from ..training import train_epoch
 from .budget import StageContext
 from .packed import PARTS, decode
 
 log = logging.getLogger(__name__)
 MEAN, STD = CIFAR10_NORMALIZATION["mean"], CIFAR10_NORMALIZATION["std"]
 SHARD_BYTES = 15 * 2**20  # files that come back from the GPU machine: 16 MiB each at most
-VGG = TABLE2["vgg16"]
-# label -> msat.convert arguments, in the order the evaluation stage runs them (the first are kept
-# when time runs short): the paper's method and its SC, the best lever of the CPU study, then the
-# Fig. 5 ablations, burst, and the comparison methods
-EVAL_METHODS: dict[str, dict] = {
-    "const": dict(method="const"),
-    "msat": dict(method="msat", hparams=VGG),
-    "msat_sc": dict(method="msat", hparams=VGG, sc={"p": None, "early_steps": 16, "layers": "last"}),
+# label -> recipe, in the order the evaluation stage runs them (the first are kept when time runs
+# short): the paper's method and its SC, the best lever of the CPU study, then the Fig. 5 ablations,
+# burst, and the comparison methods
+_MSAT = METHODS["msat"].for_model("vgg16")
+EVAL_METHODS: dict[str, Recipe] = {
+    "const": METHODS["const"],
+    "msat": _MSAT,
+    "msat_sc": METHODS["msat_sc"].for_model("vgg16"),
     # the CPU study's best beyond-the-paper lever at T = 32, and the fewest-steps search's T = 32 winner
     # (docs/results/cifar10/README.md)
-    "msat_v0.5_p99.9": dict(method="msat", hparams=VGG, percentile=0.999, v_init=0.5),
-    "search_T32": dict(method="const", percentile=0.999, v_init=0.5, correction="light", T=32),
-    "const_0.5": dict(method="const", hparams={"frac": 0.5}),
-    "const_0.2": dict(method="const", hparams={"frac": 0.2}),
-    "dtt": dict(method="dtt", hparams=VGG),
-    "det": dict(method="det", hparams=VGG),
-    "burst": dict(method="const", max_spikes=5),
-    "ltb": dict(method="const", balancing="ltb", passes=20),
-    "calibration_light": dict(method="const", correction="light", T=32),
-    "rts": dict(method="const", correction="rts", T=32),
+    "msat_v0.5_p99.9": _MSAT.replace(percentile=0.999, v_init=0.5),
+    "search_T32": METHODS["calibration_light"].replace(percentile=0.999, v_init=0.5),
+    **{name: METHODS[name].for_model("vgg16") for name in ("const_0.5", "const_0.2", "dtt", "det", "burst", "ltb",
+                                                           "calibration_light", "rts")},
 }
 
 
@@ -147,8 +143,8 @@ def augment(x: torch.Tensor, pad: int = 4, cutout: int = 16, gen: torch.Generato
 @torch.no_grad()
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
     model.eval()
-    correct = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(y), batch))
-    return 100.0 * correct / len(y)
+    sums = count_correct(model, ((x[i:i + batch], y[i:i + batch]) for i in range(0, len(y), batch)), x.device)
+    return 100.0 * float(sums[0]) / len(y)
 
 
 def lr_at(step: int, warmup: int, total: int, peak: float) -> float:
@@ -158,16 +154,32 @@ def lr_at(step: int, warmup: int, total: int, peak: float) -> float:
     return 0.5 * peak * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def train(ctx: StageContext) -> dict:
-    a, dev = ctx.args, device_of(ctx.args)
-    t_start = time.perf_counter()
-    tx, ty, _ = eval_data(ctx)
+def _training_images(ctx: StageContext, dev):
+    """Every training image (the calibration images are training images too), normalised, on the device."""
+    a = ctx.args
     xs, ys = decode(Path(a.packed) / PARTS["train"], "train", dev)
-    cx, cy = decode(Path(a.packed) / PARTS["eval"], "calibration", dev)  # the calibration images are training images too
+    cx, cy = decode(Path(a.packed) / PARTS["eval"], "calibration", dev)
     x_all, y_all = torch.cat([xs, cx]), torch.cat([ys, cy])
     if a.max_train:
         x_all, y_all = x_all[:a.max_train], y_all[:a.max_train]
-    x_all = normalize(x_all)
+    return normalize(x_all), y_all
+
+
+def _augmented(x_all, y_all, perm, bs: int, steps: int, gen, channels_last: bool):
+    """One epoch of augmented batches in the order of ``perm``."""
+    for k in range(steps):
+        idx = perm[k * bs:(k + 1) * bs]
+        xb = augment(x_all[idx], gen=gen)
+        yield (xb.contiguous(memory_format=torch.channels_last) if channels_last else xb), y_all[idx]
+
+
+def train(ctx: StageContext) -> dict:
+    """VGG16 from scratch for as many epochs as fit the stage's time (msat.harness.training's loop:
+    SGD, bf16 autocast, a warm-up epoch and a cosine decay fitted to the epochs that fit)."""
+    a, dev = ctx.args, device_of(ctx.args)
+    t_start = time.perf_counter()
+    tx, ty, _ = eval_data(ctx)
+    x_all, y_all = _training_images(ctx, dev)
     torch.manual_seed(a.seed)
     spec = {"name": "vgg16", "num_classes": 10, "in_channels": 3, "width": a.width}
     model = create_model(**spec).to(dev)
@@ -178,37 +190,36 @@ def train(ctx: StageContext) -> dict:
     bs = min(a.train_batch, len(y_all))
     steps_per_epoch = len(y_all) // bs
     gen = torch.Generator(device=dev).manual_seed(a.seed)
-    epochs, history, step, total = a.max_epochs, [], 0, a.max_epochs * steps_per_epoch
+    epochs, history = a.max_epochs, []
+    run = {"step": 0, "total": a.max_epochs * steps_per_epoch, "loss": None}
     reserve = 15.0  # the checkpoint's save and the last test pass
+
+    def set_lr():  # warm-up: the first epoch
+        for g in opt.param_groups:
+            g["lr"] = lr_at(run["step"], steps_per_epoch, run["total"], a.lr)
+
+    def count(loss, logits, y):
+        run["step"] += 1
+        run["loss"] = loss
+
+    autocast = lambda: torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")  # noqa: E731
     for epoch in range(a.max_epochs):
         if epoch >= epochs:
             break
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(len(y_all), device=dev, generator=gen)
-        for k in range(steps_per_epoch):
-            idx = perm[k * bs:(k + 1) * bs]
-            xb = augment(x_all[idx], gen=gen)
-            if cl:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, steps_per_epoch, total, a.lr)  # warm-up: the first epoch
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                loss = F.cross_entropy(model(xb), y_all[idx], label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-        last_loss = float(loss.detach())
+        train_epoch(model, _augmented(x_all, y_all, perm, bs, steps_per_epoch, gen, cl), opt, before_step=set_lr,
+                    after_step=count, autocast=autocast, label_smoothing=0.1)
+        last_loss = float(run["loss"].detach())
         acc = accuracy(model, tx, ty)
         sync(dev)
         dt = time.perf_counter() - t0
         history.append({"epoch": epoch + 1, "loss": last_loss, "test_acc": acc, "seconds": round(dt, 2)})
         log.info("train: epoch %d, loss %.3f, test %.2f%%, %.1f s", epoch + 1, last_loss, acc, dt)
         if epoch == 0:  # fit the number of epochs (and so the schedule) to the time left
-            fit = int((ctx.left() - reserve) // dt) + 1
-            epochs = max(1, min(a.max_epochs, fit))
-            total = epochs * steps_per_epoch
+            epochs = max(1, min(a.max_epochs, int((ctx.left() - reserve) // dt) + 1))
+            run["total"] = epochs * steps_per_epoch
             log.info("train: %.1f s per epoch: %d epochs fit", dt, epochs)
     model.eval()
     ctx.shared["model"] = model.float().to(memory_format=torch.contiguous_format)
@@ -254,7 +265,7 @@ def evaluate(ctx: StageContext) -> dict:
         model, source = load_model(a.checkpoint).to(dev), a.checkpoint
     x, y, cal = eval_data(ctx)
     ann = prepare_ann(model)
-    steps = [t for t in (16, 32, 64, 128, 256) if t <= a.T] or [a.T]
+    steps = [t for t in REPORT_STEPS if t <= a.T] or [a.T]
     data = torch.utils.data.TensorDataset(x, y)
     curves, done, estimate = {}, [], None
     labels = [m for m in a.methods.split(",") if m] if a.methods else list(EVAL_METHODS)
@@ -264,9 +275,9 @@ def evaluate(ctx: StageContext) -> dict:
                         ctx.left(), estimate)
             break
         t0 = time.perf_counter()
-        snn = convert(model, cal, **EVAL_METHODS[label])
+        snn = convert(model, cal, EVAL_METHODS[label])
         raw = evaluate_snn(snn, ann, data, T=a.T, batch_size=a.eval_batch, device=dev, chunk=a.chunk,
-                           sin=label == "msat", theta_traces=False, firing_rates=True, record_at=steps, progress=False)
+                           sin=label == "msat", threshold_traces=False, firing_rates=True, record_at=steps, progress=False)
         res = summarize(raw, snn, steps, 0.1)
         sync(dev)
         secs = time.perf_counter() - t0

@@ -11,7 +11,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -21,13 +21,6 @@ from ..checkpoint import model_spec
 from ..training import TrainingInterrupted
 
 log = logging.getLogger("msat")
-
-
-def plain(cfg: Any) -> Any:
-    """A resolved plain container; a missing mandatory value (``???``) is an error naming the key."""
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    return cfg
 
 
 def _hydra_config():

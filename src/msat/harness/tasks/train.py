@@ -10,9 +10,10 @@ from omegaconf import DictConfig
 from ...models import create_model
 from ..data import build_splits
 from ..distributed import cleanup, init_distributed, resolve_device
+from ..settings import plain
 from ..tracking import git_commit, hardware, wandb_run
 from ..training import check_train_args, fit
-from .hydra_utils import cfg_model_spec, check_splits, job_command, output_dir, plain, resolved_config
+from .hydra_utils import cfg_model_spec, check_splits, job_command, output_dir, resolved_config
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ def run_train(cfg: DictConfig) -> dict:
 
 def train_stage(cfg: DictConfig, spec: dict, kind: str, job: str, name: str, script: str) -> dict:
     """Shared by train_ann.py and train_snn.py: data, W&B, fit(), and train_metrics.json."""
+    git_commit()  # the code this process loaded, recorded by every stage it runs
     check_train_args(plain(cfg.train))  # before any data is read
     create_model(**spec)  # a bad model setting fails here, not after the data is loaded
     info = init_distributed(cfg.device)
