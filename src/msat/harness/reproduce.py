@@ -54,8 +54,10 @@ METHODS: dict[str, list[str]] = {
     **{f"{name}_v0.5": variant(name, v_init=0.5) for name in ("const", "msat")},
     **{f"{name}_p99.9": variant(name, percentile=0.999) for name in ("const", "msat")},
     **{f"{name}_v0.5_p99.9": variant(name, v_init=0.5, percentile=0.999) for name in ("const", "msat")},
-    # the comparison methods of the paper's Tables 3 and 4, on the same ReLU ANN
-    **{name: variant(name) for name in ("rts", "calibration_light", "calibration_advanced", "ltb")},
+    # the comparison methods on the same ReLU ANN: every registered correction's method (SNN Calibration
+    # and RTS, the paper's Tables 3 and 4, and any added since), and LTB
+    **{name: variant(name) for name, recipe in NAMED.items() if recipe.correction},
+    "ltb": variant("ltb"),
     # LTB's delayed readout, and MSAT on LTB's thresholds (membrane at lam/2, as LTB), with and without it
     "ltb_delayed": variant("ltb", "eval.readout_start=auto"),
     "msat_ltb": variant("msat", balancing="ltb"),
