@@ -26,6 +26,7 @@ from .conversion.table2 import TABLE2
 from .harness.checkpoint import CheckpointError, load_model
 from .models import create_model
 from .models.activations import QCFS
+from .spiking.early_exit import EXIT_RULES, ExitPredictor, ExitResult, record_run, replay, simulate_adaptive
 from .spiking.network import SpikingNetwork
 from .spiking.neuron import IFNeuron
 from .spiking.pooling import LIPool
@@ -39,6 +40,12 @@ __all__ = [
     "Converter",
     "reset",
     "simulate",
+    "simulate_adaptive",
+    "ExitResult",
+    "ExitPredictor",
+    "EXIT_RULES",
+    "record_run",
+    "replay",
     "measure_sin",
     "layer_errors",
     "estimate_readout_start",

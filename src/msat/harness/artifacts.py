@@ -36,11 +36,16 @@ def sin_summary(sin: Mapping[str, Any], sc: Optional[dict]) -> dict:
     return out
 
 
-def save_predictions(path: Path, steps: Sequence[int], correct, subset_seed: int, n_samples: int) -> None:
+def save_predictions(path: Path, steps: Sequence[int], correct, subset_seed: int, n_samples: int,
+                     exits: Optional[dict] = None) -> None:
     """Write ``predictions.pt`` beside a run's results.json: each image's correctness ([n, len(steps)]
-    booleans) at ``steps``, read back by :func:`load_predictions` for the paired tests."""
-    atomic_save({"format_version": 1, "kind": "predictions", "steps": list(steps), "correct": correct.bool(),
-                 "subset_seed": int(subset_seed), "n_samples": n_samples}, path)
+    booleans) at ``steps``, read back by :func:`load_predictions` for the paired tests; with early exit,
+    each rule's per-image prediction, exit step and correctness (``exits``)."""
+    record = {"format_version": 1, "kind": "predictions", "steps": list(steps), "correct": correct.bool(),
+              "subset_seed": int(subset_seed), "n_samples": n_samples}
+    if exits:
+        record["exits"] = exits
+    atomic_save(record, path)
 
 
 def load_predictions(res: dict) -> Optional[dict]:

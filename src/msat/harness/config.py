@@ -76,6 +76,16 @@ class SimConf:
 
 
 @dataclass
+class ExitConf:
+    rule: Any = None  # null: a fixed T; confidence | margin | schedule | learned, a list of them, or all
+    threshold: Any = None  # a fixed threshold (confidence, margin); null: chosen on held-out training images
+    max_drop: float = 1.0  # the operating point: the fewest mean steps within max_drop points of the ANN
+    min_steps: int = 1  # the first step an image may exit at
+    T_max: Optional[int] = None  # the longest run (null: eval.T)
+    holdout: int = 1000  # training images held out from calibration, to fit and choose on
+
+
+@dataclass
 class EvalConf:
     T: int = 256
     checkpoints: List[int] = field(default_factory=lambda: list(REPORT_STEPS))  # the report steps, clipped to T
@@ -93,6 +103,7 @@ class EvalConf:
     resume: bool = True  # continue a partial evaluation found under the checkpoint folder
     plots: bool = True
     save_predictions: bool = True  # per-image correctness at the report's checkpoints (for paired tests)
+    exit: ExitConf = field(default_factory=ExitConf)  # early exit (harness/exit_eval.py)
 
 
 def model_variant(activation: Optional[str], levels: Any) -> str:

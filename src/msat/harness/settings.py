@@ -22,6 +22,7 @@ from ..conversion.sin import SC_KEYS, check_sc
 from ..spiking.simulation import check_readout_start, check_T, resolve_chunk, resolve_compile, sim_dtype
 from ..spiking.thresholds import THRESHOLD_RULES
 from .evaluation import check_steps
+from .exit_eval import ExitSettings, exit_settings
 
 # a recipe field -> its Hydra key (the rest of a recipe: method.hparams, method.sc, and the
 # named method itself, method=<name>)
@@ -129,6 +130,7 @@ class EvalSettings:
     save_predictions: bool
     convert_if_missing: bool
     sc: Optional[dict]  # method.sc when enabled (E, p, layers, ..., seeds)
+    exit: Optional[ExitSettings]  # early exit (eval.exit), or None
 
     @property
     def recipe(self) -> Recipe:
@@ -159,4 +161,5 @@ def eval_settings(cfg: DictConfig) -> EvalSettings:
         chunk=sim.chunk, compile=sim.compile, channels_last=bool(sim.channels_last), sin=bool(ev.sin),
         threshold_traces=bool(ev.theta_traces), firing_rates=bool(ev.firing_rates), diagnostics=bool(ev.diagnostics),
         quirk_no_reset=bool(ev.quirk_no_reset), resume=bool(ev.resume), plots=bool(ev.plots),
-        save_predictions=bool(ev.save_predictions), convert_if_missing=bool(ev.convert_if_missing), sc=sc)
+        save_predictions=bool(ev.save_predictions), convert_if_missing=bool(ev.convert_if_missing), sc=sc,
+        exit=exit_settings(ev, T, rs))

@@ -95,6 +95,9 @@ class FiringMonitor(Monitor):
     def neurons_per_sample(self, samples: float) -> float:
         return float(self.state["neurons"]) / samples if samples else 0.0
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Early exit: the counts go on over the samples that remain (nothing per sample is kept)."""
+
 
 class ThresholdMonitor(Monitor):
     """Trace of the firing threshold ``theta_t * lam``: its mean over all neurons, and its
@@ -145,6 +148,10 @@ class ThresholdMonitor(Monitor):
         sums[0, self.step] += mean.double() * B
         sums[1:, self.step] += q.double() * B
         self.step += 1
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        raise RuntimeError("threshold traces follow a fixed sample of neuron entries and are not recorded when images "
+                           "leave the batch early; set eval.theta_traces=false (or drop the monitor)")
 
     def traces(self) -> dict[str, list[float]]:
         w = float(self.state["weight"])
@@ -199,6 +206,18 @@ class SINMonitor(Monitor):
         self.spikes += emitted
         self.state["sin_count"][self.step - 1] += (self.fired_any & self.inactive).sum()
         self.state["fired_count"][self.step - 1] += self.fired_any.sum()
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Early exit: the per-sample records of the samples that leave are counted, then dropped."""
+        if self.inactive is None:
+            return
+        gone = torch.ones(self.inactive.shape[0], dtype=torch.bool, device=self.inactive.device)
+        gone[rows] = False
+        sin = self.fired_any[gone] & self.inactive[gone]
+        self.state["totals"][1] += (self.spikes[gone] * sin).sum()
+        self.state["totals"][2] += sin.sum()
+        self.inactive, self.fired_any, self.spikes = (v.index_select(0, rows) for v in (self.inactive, self.fired_any,
+                                                                                        self.spikes))
 
     def end_batch(self) -> None:
         if self.inactive is None:

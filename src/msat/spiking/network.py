@@ -155,6 +155,21 @@ class SpikingNetwork(nn.Module):
         y = self.dynamic(*self._static_out)
         return y.view(steps, self._batch_size, *y.shape[1:])
 
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Only the samples ``rows`` (indices into the current batch) run on: every neuron, pool,
+        spike-confidence gate and monitor state, and the input-only part's outputs, are compacted
+        (early exit). Each remaining sample runs on exactly as it would have."""
+        if self._static_out is None:
+            raise RuntimeError("call start(x) before keep_rows()")
+        if any(not isinstance(v, torch.Tensor) for v in self._static_out):
+            raise RuntimeError("this model passes non-tensor values computed from the input (e.g. x.size(0)) into "
+                               "its spiking part; its batch cannot shrink")
+        rows = rows.to(self._static_out[0].device)
+        self._static_out = tuple(v.index_select(0, rows) for v in self._static_out)
+        self._batch_size = int(rows.numel())
+        for m in self._step_modules:
+            m.keep_rows(rows)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """One time step on input ``x`` (the same image is fed at every step)."""
         self.start(x)

@@ -163,16 +163,27 @@ class StepModule(nn.Module):
         self.steps = 1
         self.static_input = False
         self._state_init: dict[str, tuple[Any, bool]] = {}
+        self._per_sample: set[str] = set()
 
-    def register_state(self, name: str, init: Any = None, running: bool = False) -> None:
-        """``running`` state survives ``reset(keep_running_state=True)`` (the released code's quirk)."""
+    def register_state(self, name: str, init: Any = None, running: bool = False, per_sample: bool = False) -> None:
+        """``running`` state survives ``reset(keep_running_state=True)`` (the released code's quirk);
+        ``per_sample`` state has the batch in its first dimension (:meth:`keep_rows` compacts it)."""
         self._state_init[name] = (init, running)
+        if per_sample:
+            self._per_sample.add(name)
         setattr(self, name, init)
 
     def reset(self, seed: Optional[int] = None, keep_running_state: bool = False) -> None:
         for name, (init, running) in self._state_init.items():
             if not (running and keep_running_state):
                 setattr(self, name, init)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Keep only the samples ``rows`` of the batch (early exit: the others have left)."""
+        for name in self._per_sample:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.index_select(0, rows))
 
     def _split_steps(self, x: torch.Tensor):
         """Per-step inputs of a call: the same tensor K times (static) or K views."""
@@ -211,25 +222,40 @@ class SpikeGate:
         self.p, self.early_steps, self.reset_mode = float(p), int(early_steps), reset
         self.seed = self.batch_seed = int(seed)
         self._generator: Optional[torch.Generator] = None
+        self._rows: Optional[torch.Tensor] = None  # after early exits: the batch rows still running
+        self._batch: Optional[int] = None  # the batch size the draws are made for
 
     def reset(self, seed: Optional[int] = None) -> None:
         self._generator = None
+        self._rows = self._batch = None
         self.batch_seed = self.seed if seed is None else int(seed)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        """Only ``rows`` of the current batch run on. The draws are still made for the whole batch
+        and then picked, so every image gets the draws it gets in a run without exits."""
+        self._rows = rows if self._rows is None else self._rows.index_select(0, rows)
 
     def active(self, t: int) -> bool:
         return t <= self.early_steps
 
-    def _draw(self, shape, like: torch.Tensor) -> torch.Tensor:
+    def _draw(self, shape, like: torch.Tensor, batch_dim: int = 0) -> torch.Tensor:
         if self._generator is None or self._generator.device != like.device:
             self._generator = torch.Generator(device=like.device)
             self._generator.manual_seed(self.batch_seed)
-        return torch.rand(shape, generator=self._generator, device=like.device, dtype=torch.float32)
+        if self._batch is None:
+            self._batch = shape[batch_dim]
+        if self._rows is None:
+            return torch.rand(shape, generator=self._generator, device=like.device, dtype=torch.float32)
+        full = list(shape)
+        full[batch_dim] = self._batch
+        r = torch.rand(full, generator=self._generator, device=like.device, dtype=torch.float32)
+        return r.index_select(batch_dim, self._rows)
 
     def gate(self, max_spikes: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def keep(fired: torch.Tensor) -> torch.Tensor:
             if max_spikes == 1:
                 return fired * torch.lt(self._draw(fired.shape, fired), self.p).to(fired.dtype)
-            r = self._draw((max_spikes, *fired.shape), fired) < self.p  # each of the m spikes on its own
+            r = self._draw((max_spikes, *fired.shape), fired, 1) < self.p  # each of the m spikes on its own
             idx = torch.arange(max_spikes, device=fired.device).view(-1, *([1] * fired.dim()))
             return (r & (idx < fired.unsqueeze(0))).sum(0).to(fired.dtype)
 
@@ -266,8 +292,8 @@ class IFNeuron(StepModule):
         self.sc: Optional[SpikeGate] = None
         self.compiled = False  # run the fused (torch.compile'd) step where it applies
         self._hooks: OrderedDict[int, Any] = OrderedDict()
-        self.register_state("v")  # membrane, in units of lam
-        self.register_state("s", running=True)  # running sum of residuals (DTT)
+        self.register_state("v", per_sample=True)  # membrane, in units of lam
+        self.register_state("s", running=True, per_sample=True)  # running sum of residuals (DTT)
         self.register_state("t", 0, running=True)  # steps since the last reset
         self.register_state("_dead")
         self.register_state("_lam")  # lam with dead channels set to 1, and its reciprocal (per batch)
@@ -290,6 +316,14 @@ class IFNeuron(StepModule):
         super().reset(seed, keep_running_state)
         if self.sc is not None:
             self.sc.reset(seed)
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        super().keep_rows(rows)
+        if self.sc is not None:
+            self.sc.keep_rows(rows)
+        for hook in self._hooks.values():  # monitors that keep per-sample state
+            if hasattr(hook, "keep_rows"):
+                hook.keep_rows(rows)
 
     def configure_sc(self, p: Optional[float], early_steps: int, reset: str = "fired", seed: int = 0) -> None:
         """Spike confidence on this layer (``p=None``: off)."""

@@ -60,8 +60,8 @@ class LIPool(StepModule):
         self.ceil_mode = bool(ceil_mode)
         self.dims = dims
         self.compiled = False  # the fused step (2-D, no dilation), as the neurons' sim.compile
-        self.register_state("X")  # cumulative input
-        self.register_state("Y")  # cumulative output per window
+        self.register_state("X", per_sample=True)  # cumulative input
+        self.register_state("Y", per_sample=True)  # cumulative output per window
 
     @classmethod
     def from_maxpool(cls, pool: nn.Module) -> "LIPool":

@@ -110,6 +110,17 @@ def neuron_count(snn: SpikingNetwork, x: torch.Tensor) -> int:
     return cache[key] * x.shape[0]
 
 
+def start_run(snn: SpikingNetwork, x: torch.Tensor, T: int, seed: Optional[int] = None,
+              keep_running_state: bool = False) -> None:
+    """Decide the compiled update (``"auto"``: by the run's size, up to T steps), reset, and run the
+    input-only part on ``x``: what every simulation does before its first step."""
+    if snn.compile_mode == "auto" and not keep_running_state:  # the fused update, where it pays off
+        off = os.environ.get("MSAT_COMPILE", "").lower() in ("0", "false", "no")
+        snn._use_compiled(False if off else resolve_compile("auto", x.device, neuron_count(snn, x) * T))
+    snn.reset(seed, keep_running_state)
+    snn.start(x)
+
+
 @torch.no_grad()
 def iterate_steps(snn: SpikingNetwork, x: torch.Tensor, T: int, chunk: int = 1, seed: Optional[int] = None,
                   keep_running_state: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
@@ -117,11 +128,7 @@ def iterate_steps(snn: SpikingNetwork, x: torch.Tensor, T: int, chunk: int = 1, 
     T = check_T(T)
     if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
         raise ValueError(f"chunk must be a positive integer, got {chunk!r}")
-    if snn.compile_mode == "auto" and not keep_running_state:  # the fused update, where it pays off
-        off = os.environ.get("MSAT_COMPILE", "").lower() in ("0", "false", "no")
-        snn._use_compiled(False if off else resolve_compile("auto", x.device, neuron_count(snn, x) * T))
-    snn.reset(seed, keep_running_state)
-    snn.start(x)
+    start_run(snn, x, T, seed, keep_running_state)
     t = 0
     while t < T:
         k = min(int(chunk), T - t)

@@ -31,6 +31,7 @@ from ..report import format_curve_table, interval_table
 from ..settings import EvalSettings, eval_settings, plain
 from ..tracking import git_commit, hardware, log_evaluation, wandb_run
 from .convert import artifact_path, calibration_loader, convert_stage
+from .evaluate_exit import exit_stage
 from .evaluate_mt import run_evaluate_mt
 from .hydra_utils import cfg_model_spec, check_splits, ckpt_path, experiment_name, job_command, output_dir, resolved_config
 
@@ -68,6 +69,7 @@ class Setup:
     sha: str
     ckpt_file: str
     art: dict
+    splits: Any
 
 
 def _artifact(cfg: DictConfig, tr, info, s: EvalSettings, sha: str) -> dict:
@@ -99,15 +101,20 @@ def setup(cfg: DictConfig, tr, info, s: EvalSettings) -> Setup:
     if readout_start == "auto":
         cal = calibration_loader(splits, s.convert.batch_size, s.convert.seed, int(cfg.dataset.num_workers))
         readout_start = estimate_readout_start(snn, ((x.to(s.dtype), y) for x, y in cal), T=s.T)
-    return Setup(snn, ann, test, device, resolve_chunk(s.chunk, device), readout_start, sc, sha, ckpt_file, art)
+    return Setup(snn, ann, test, device, resolve_chunk(s.chunk, device), readout_start, sc, sha, ckpt_file, art, splits)
 
 
 def evaluate_stage(cfg: DictConfig, tr, info, s: EvalSettings) -> dict:
     run = setup(cfg, tr, info, s)
-    res, per_image, errors = simulate_seeds(cfg, info, s, run)
+    exits = None
+    if s.exit is not None:  # early exit: the rules fitted on held-out images, then the test set
+        res, per_image, exits = exit_stage(cfg, info, s, run)
+        errors = None
+    else:
+        res, per_image, errors = simulate_seeds(cfg, info, s, run)
     res = describe(cfg, info, s, run, res, errors)
     if info.is_main:
-        write(cfg, tr, s, res, per_image, errors is not None)
+        write(cfg, tr, s, res, per_image, errors is not None, exits)
     return res
 
 
@@ -165,15 +172,17 @@ def describe(cfg: DictConfig, info, s: EvalSettings, run: Setup, res: dict, erro
     return res
 
 
-def write(cfg: DictConfig, tr, s: EvalSettings, res: dict, per_image, diagnostics: bool) -> None:
+def write(cfg: DictConfig, tr, s: EvalSettings, res: dict, per_image, diagnostics: bool,
+          exits: Optional[dict] = None) -> None:
     """results.json, predictions.pt, the printed tables, the plots and W&B."""
     out = output_dir(cfg)
     (out / "results.json").write_text(json.dumps(res, indent=2))
+    steps = [t for t in s.steps if t <= res["T"]] or [res["T"]]
     if s.save_predictions:
-        save_predictions(out / "predictions.pt", s.steps, per_image, s.subset_seed, res["n_samples"])
+        save_predictions(out / "predictions.pt", steps, per_image, s.subset_seed, res["n_samples"], exits=exits)
     name = cfg.method.name
     log.info("accuracy (%%) after t steps, %d images:\n%s\n95%% Wilson intervals:\n%s", res["n_samples"],
-             format_curve_table({name: res}, s.steps), interval_table([res], s.steps))
+             format_curve_table({name: res}, steps), interval_table([res], steps))
     log_evaluation(tr, res, out, name, f"{cfg.model.name} / {cfg.dataset.name}", s.plots)
     if diagnostics:
         for k, p in plot_error_maps(out, res["diagnostics"], f"{cfg.model.name} / {name}").items():

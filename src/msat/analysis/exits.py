@@ -1,0 +1,170 @@
+"""Choosing and judging early-exit rules (:mod:`msat.spiking.early_exit`) on recorded runs.
+
+Everything here works on a recorded fixed run (:func:`~msat.spiking.early_exit.record_run`) and
+the labels: the decisions of a rule at any threshold follow from it (:func:`replay`), so a whole
+accuracy-against-mean-steps curve costs one run. Rules are fitted and their thresholds chosen on
+training images held out from calibration, never on test images:
+
+- :func:`fit_schedule`: a confidence threshold per step, for a target precision q: at each step
+  the lowest threshold whose newly exiting images are at least q right (over the images not yet
+  exited), or none;
+- :func:`fit_predictor`: a logistic model (L2, float64, L-BFGS) of "the prediction at step t is
+  right and stays right until T_max" on the features of every image and step;
+- :func:`choose`: the setting with the fewest mean steps whose accuracy is within ``max_drop``
+  points of the ANN on the same images (the most accurate one when none is);
+- :func:`oracle`: each image exits at the first step from which its prediction stays right until
+  T_max (an image wrong at T_max exits at the first step it may: it is wrong anyway), the bound no
+  exit signal can beat.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+
+from ..spiking.early_exit import ExitPredictor, ExitResult, Progress, check_exit, feature_names, replay
+
+# the thresholds each simple rule's curve is drawn at (the schedule's: target precisions)
+CONFIDENCE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
+PRECISION_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.88, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99, 1.0)
+PROBABILITY_GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
+
+
+def stats(result: ExitResult, y: torch.Tensor) -> dict:
+    """Accuracy (%) and the distribution of exit steps of an early-exit run."""
+    steps = result.steps.double()
+    hist = torch.bincount(result.steps.cpu()).tolist()
+    return {"accuracy": 100.0 * float((result.pred == y).double().mean()), "n": int(len(y)),
+            "mean_steps": float(steps.mean()), "median_steps": float(steps.median()),
+            "p90_steps": float(torch.quantile(steps, 0.9)), "histogram": {str(t): c for t, c in enumerate(hist) if c}}
+
+
+def right_until_end(trace: Mapping[str, Any], y: torch.Tensor, T_max: int) -> torch.Tensor:
+    """``[T_max, B]``: the prediction at step t is right and stays right until T_max."""
+    right = trace["S"][:T_max].argmax(-1) == y  # [T, B]
+    return right.flip(0).int().cumprod(0).flip(0).bool()
+
+
+def first_allowed(min_steps: int, readout_start: int) -> int:
+    return max(min_steps, readout_start + 1)
+
+
+def oracle(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1, T_max: Optional[int] = None) -> ExitResult:
+    """Each image exits at the first allowed step from which it stays right (module docstring)."""
+    T_max, min_steps, d = check_exit(T_max or trace["S"].shape[0], min_steps, trace.get("readout_start", 0))
+    stays = right_until_end(trace, y, T_max)
+    t0 = first_allowed(min_steps, d)
+    stays[: t0 - 1] = False
+    right_end = stays[T_max - 1]
+    first = torch.where(stays.any(0), stays.int().argmax(0) + 1, torch.full_like(y, T_max))
+    steps = torch.where(right_end, first, torch.full_like(y, t0))
+    pred = trace["S"][T_max - 1].argmax(-1)
+    return ExitResult(pred, steps.long())
+
+
+def fixed(trace: Mapping[str, Any], y: torch.Tensor, T: int) -> torch.Tensor:
+    """Per image, right after T steps of the fixed run."""
+    return trace["S"][T - 1].argmax(-1) == y
+
+
+# ----------------------------------------------------------------- fitting
+def fit_schedule(trace: Mapping[str, Any], y: torch.Tensor, precision: float, min_steps: int = 1,
+                 T_max: Optional[int] = None) -> list[float]:
+    """One confidence threshold per step: the lowest one whose newly exiting images are at least
+    ``precision`` right; above 1 (none exits) where no threshold is."""
+    T_max, min_steps, d = check_exit(T_max or trace["S"].shape[0], min_steps, trace.get("readout_start", 0))
+    S = trace["S"]
+    out, left = [], torch.ones(len(y), dtype=torch.bool, device=y.device)
+    progress = Progress(d)
+    for t in range(1, T_max + 1):
+        progress.observe(S[t - 1], t)
+        if t < first_allowed(min_steps, d) or not bool(left.any()):
+            out.append(2.0)
+            continue
+        conf = torch.softmax(progress.mean(), -1).amax(-1)[left]
+        right = (S[t - 1].argmax(-1) == y)[left]
+        order = conf.argsort(descending=True)
+        c, r = conf[order], right[order].double()
+        acc = r.cumsum(0) / torch.arange(1, len(r) + 1, device=r.device, dtype=r.dtype)
+        last_of_tie = torch.ones_like(c, dtype=torch.bool)  # a threshold takes every image tied with it
+        last_of_tie[:-1] = c[:-1] != c[1:]
+        ok = (acc >= precision) & last_of_tie
+        threshold = float(c[ok.nonzero()[-1, 0]]) if bool(ok.any()) else 2.0
+        out.append(threshold)
+        left[left.clone()] &= ~(conf >= threshold)
+    return out
+
+
+def fit_predictor(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1, T_max: Optional[int] = None,
+                  l2: float = 1e-3, iterations: int = 200) -> ExitPredictor:
+    """A logistic exit model on every (image, allowed step) of a recorded run (module docstring)."""
+    if trace.get("rates") is None:
+        raise ValueError("the learned rule's features include each layer's firing rate: record_run(..., layers=True)")
+    T_max, min_steps, d = check_exit(T_max or trace["S"].shape[0], min_steps, trace.get("readout_start", 0))
+    labels = right_until_end(trace, y, T_max)
+    rows, targets = [], []
+    progress = Progress(d)
+    for t in range(1, T_max + 1):
+        progress.observe(trace["S"][t - 1], t, trace["rates"][t - 1])
+        if t >= first_allowed(min_steps, d):
+            rows.append(progress.features())
+            targets.append(labels[t - 1].double())
+    X, Y = torch.cat(rows).cpu(), torch.cat(targets).cpu()
+    mean, std = X.mean(0), X.std(0).clamp(min=1e-12)
+    Z = (X - mean) / std
+    w = torch.zeros(Z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def loss():
+        opt.zero_grad()
+        value = torch.nn.functional.binary_cross_entropy_with_logits(Z @ w + b, Y) + l2 * (w * w).sum()
+        value.backward()
+        return value
+
+    with torch.enable_grad():
+        opt.step(loss)
+    names = feature_names(trace["rates"].shape[-1])
+    return ExitPredictor(w.detach(), float(b.detach()), mean, std, names)
+
+
+# ----------------------------------------------------------------- curves and the operating point
+def curve(trace: Mapping[str, Any], y: torch.Tensor, rule: str, settings: Sequence[Any], min_steps: int = 1,
+          T_max: Optional[int] = None, predictor: Optional[ExitPredictor] = None,
+          fit_on: Optional[tuple[Mapping[str, Any], torch.Tensor]] = None) -> list[dict]:
+    """Accuracy and exit steps of ``rule`` at every setting (a threshold; for ``schedule`` a target
+    precision, its schedule fitted on ``fit_on`` = (trace, labels), default this one)."""
+    points = []
+    for s in settings:
+        threshold = s
+        if rule == "schedule":
+            ft, fy = fit_on or (trace, y)
+            threshold = fit_schedule(ft, fy, s, min_steps, T_max)
+        res = replay(trace, rule, threshold, min_steps, T_max, predictor)
+        points.append({"setting": s, "threshold": threshold, **stats(res, y)})
+    return points
+
+
+def choose(points: Sequence[dict], ann_acc: float, max_drop: float) -> dict:
+    """The point with the fewest mean steps whose accuracy is at least ``ann_acc - max_drop``; when
+    none is, the most accurate (``within_drop`` says which)."""
+    ok = [p for p in points if p["accuracy"] >= ann_acc - max_drop]
+    if ok:
+        return {**min(ok, key=lambda p: (p["mean_steps"], -p["accuracy"])), "within_drop": True}
+    return {**max(points, key=lambda p: (p["accuracy"], -p["mean_steps"])), "within_drop": False}
+
+
+def margin_grid(trace: Mapping[str, Any], T_max: Optional[int] = None) -> list[float]:
+    """Margin thresholds spread over the margins the run shows (quantiles of the top-1 minus top-2 of
+    the mean output at every step)."""
+    S = trace["S"][: T_max or trace["S"].shape[0]]
+    d = int(trace.get("readout_start", 0))
+    ts = torch.arange(1, S.shape[0] + 1, dtype=S.dtype, device=S.device).view(-1, 1, 1)
+    m = (S[d:] / (ts[d:] - d)).double()
+    top2 = m.topk(2, -1).values
+    margins = (top2[..., 0] - top2[..., 1]).flatten()
+    qs = torch.tensor([0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999],
+                      dtype=torch.float64)
+    values = torch.quantile(margins.cpu()[: 2_000_000], qs)
+    return sorted({float(v) for v in values if v > 0})
