@@ -205,5 +205,5 @@ def exit_record(test: dict, per_rule: dict, s: ExitSettings, fixed_seconds: floa
     return {"T_max": s.T_max, "min_steps": s.min_steps, "max_drop": s.max_drop, "holdout": s.holdout,
             "n": int(y.shape[0]), "ann_acc": 100.0 * float(test["ann_right"].double().mean()),
             "oracle": exits.stats(exits.oracle(test, y, s.min_steps, s.T_max), y),
-            "fixed_curve": [100.0 * float(v) for v in (test["S"][: s.T_max].argmax(-1) == y).double().mean(1)],
+            "fixed_curve": (100.0 * (test["S"][: s.T_max].argmax(-1) == y).double().sum(1).cpu() / len(y)).tolist(),
             "fixed_thread_seconds": fixed_seconds, "rules": per_rule}

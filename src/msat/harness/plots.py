@@ -101,3 +101,40 @@ def plot_error_maps(out: Path, diag: Mapping[str, Any], title: str) -> dict[str,
                                                                   enumerate(zip(diag["names"], diag["rel_l2"]))},
                          f"{title}: rel_l2 per layer", ylabel="||r_t - a|| / ||a||", logx=True)
     return {"layer_errors": heat, "layer_errors_rel_l2": curves}
+
+
+RULE_STYLE = {"confidence": ("o", "-"), "margin": ("s", "--"), "schedule": ("^", "-."), "learned": ("D", ":")}
+
+
+def plot_exits(path: str | os.PathLike, runs: Mapping[str, Mapping[str, Any]], title: str) -> Path:
+    """Accuracy against mean steps: per run (colour) its fixed-T curve (thin, grey-ish), every exit
+    rule's curve on the test images (marker and line style per rule), the chosen operating point
+    (filled, large) and the oracle (star); the ANN dotted."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=110)
+    colors = plt.cm.tab10.colors
+    ann = None
+    for k, (label, ex) in enumerate(runs.items()):
+        c = colors[k % len(colors)]
+        fixed = ex["fixed_curve"]
+        ax.plot(range(1, len(fixed) + 1), fixed, color=c, lw=1.0, alpha=0.45, label=f"{label}: fixed T")
+        for rule, r in ex["rules"].items():
+            marker, ls = RULE_STYLE.get(rule, ("x", "-"))
+            pts = sorted((p["mean_steps"], p["accuracy"]) for p in r["curve"])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], ls=ls, marker=marker, ms=3, color=c, lw=1.2,
+                    label=f"{label}: {rule}")
+            ax.plot([r["mean_steps"]], [r["accuracy"]], marker=marker, ms=9, color=c, mec="k")
+        o = ex["oracle"]
+        ax.plot([o["mean_steps"]], [o["accuracy"]], marker="*", ms=13, color=c, mec="k", ls="none")
+        ann = ex.get("ann_acc", ann)
+    if ann is not None:
+        ax.axhline(ann, ls=":", color="k", lw=1.2, label="ANN")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("mean steps per image (fixed T: the steps)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    lo = min(min(ex["fixed_curve"][len(ex["fixed_curve"]) // 8:] or [0]) for ex in runs.values())
+    ax.set_ylim(bottom=max(0.0, lo - 5))
+    ax.legend(fontsize=6.5, ncol=2, loc="lower right")
+    return _save(plt, fig, path)

@@ -178,6 +178,9 @@ def markdown_report(results: list[dict], ref: str = "msat", pairs: Optional[Sequ
     if tested:
         lines += ["## Paired tests on the same images", "", paired_note(ref, pairs), "",
                   paired_table(tested, markdown=True), ""]
+    exits = exit_table(results, markdown=True)
+    if exits:
+        lines += ["## Early exit", "", EXIT_NOTE, "", exits, ""]
     errors = error_table(results)
     if errors:
         lines += ["## Where the SNN departs from the ANN (layer errors, paper Eq. 5)", "",
@@ -324,6 +327,31 @@ def paired_comparisons(results: Iterable[dict], ref: str = "msat",
     return rows
 
 
+EXIT_NOTE = ("Each image stops at the first step its rule lets it (eval.exit). The operating point was chosen on "
+             "training images held out from calibration (the fewest mean steps within max_drop points of the ANN "
+             "there); accuracy, its 95% Wilson interval and the exit steps are on the test images. \"fixed\": the fixed "
+             "run at the step nearest the mean, McNemar's exact test against it (A: early exit). \"oracle\": every "
+             "image stops at the first step from which it stays right.")
+
+
+def exit_table(results: Iterable[dict], markdown: bool = False) -> str:
+    """One row per run and exit rule (runs with ``exit`` in their results); empty without any."""
+    head = ["run", "rule", "n", "acc", "95% CI", "mean steps", "median", "p90", "setting", "fixed T", "fixed acc",
+            "A only", "B only", "p", "oracle steps"]
+    body = []
+    for r in results:
+        ex = r.get("exit")
+        for rule, x in (ex or {}).get("rules", {}).items():
+            lo, hi = wilson_interval(round(x["accuracy"] * x["n"] / 100.0), x["n"])
+            setting = x["setting"] if isinstance(x["setting"], (int, float)) else "-"
+            vs = x["vs_fixed"]
+            body.append([label(r), rule, str(x["n"]), _fmt(x["accuracy"]), f"{lo:.1f}-{hi:.1f}", f"{x['mean_steps']:.1f}",
+                         f"{x['median_steps']:.0f}", f"{x['p90_steps']:.0f}", _fmt(setting, 4), str(vs["T"]),
+                         _fmt(vs["fixed_acc"]), str(vs["a_only"]), str(vs["b_only"]), f"{vs['p']:.3g}",
+                         f"{ex['oracle']['mean_steps']:.1f}"])
+    return _table(head, body, markdown) if body else ""
+
+
 def paired_table(rows: list[dict], markdown: bool = False) -> str:
     head = ["run A", "run B", "T", "acc A", "acc B", "A only", "B only", "p", "p (Holm)", "reading (Holm)"]
     body = [[r["a"], r["b"], str(r["t"]), _fmt(r["acc_a"]), _fmt(r["acc_b"]), str(r["a_only"]), str(r["b_only"]),
@@ -340,7 +368,7 @@ def paired_note(ref: str, pairs: Optional[Sequence[tuple[str, str]]] = None) -> 
 
 def overlay_plots(results: list[dict], out_dir: Path) -> list[Path]:
     """One PNG per experiment group (the first tag, e.g. fig5): every run's curve, ANN dotted."""
-    from .plots import plot_curves
+    from .plots import plot_curves, plot_exits
 
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in results:
@@ -351,6 +379,9 @@ def overlay_plots(results: list[dict], out_dir: Path) -> list[Path]:
         curves = {label(r): r["acc"] for r in rs}
         ann = next((r["ann_acc"] for r in rs if r.get("ann_acc") is not None), None)
         paths.append(plot_curves(out_dir / f"{name}.png", curves, f"{name}: accuracy vs time step", hline=ann))
+        with_exit = {label(r): r["exit"] for r in rs if r.get("exit")}
+        if with_exit:
+            paths.append(plot_exits(out_dir / f"{name}_exit.png", with_exit, f"{name}: accuracy vs mean steps"))
     return paths
 
 
@@ -379,6 +410,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("\n95% Wilson intervals:\n" + interval_table(results))
         if tested:
             print(f"\npaired tests. {paired_note(args.ref, pairs)}\n" + paired_table(tested))
+        exits = exit_table(results)
+        if exits:
+            print(f"\nearly exit. {EXIT_NOTE}\n" + exits)
         return 0
     out = Path(args.out) if args.out else Path(args.root) / "report.md"
     out.parent.mkdir(parents=True, exist_ok=True)

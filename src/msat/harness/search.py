@@ -36,14 +36,16 @@ GRID: dict[str, list[Any]] = {
     "threshold": ["const", "msat"],
     "percentile": [1.0, 0.999],
     "v_init": [0.0, 0.5],
-    "extra": ["none", "burst", "light"],  # burst: max_spikes=5; light: SNN Calibration's light corrections
+    # burst: max_spikes=5, burst2 / burst3: at most 2 / 3 spikes a step; light: SNN Calibration's light corrections
+    "extra": ["none", "burst", "burst2", "burst3", "light"],
     "balancing": ["max", "ltb"],  # ltb: local threshold balancing (per-channel lam); it takes no percentile
 }
 LTB_PASSES = 20  # as conf/config.yaml calibration.passes
 CORRECTION_T = METHODS["calibration_light"].correction_T  # the target steps of the light correction
 RANK_AT = (16, 32, 64)
 # what each "extra" lever changes in a recipe
-EXTRAS = {"none": {}, "burst": {"max_spikes": 5}, "light": {"correction": "light", "correction_T": CORRECTION_T}}
+EXTRAS = {"none": {}, "burst": {"max_spikes": 5}, "burst2": {"max_spikes": 2}, "burst3": {"max_spikes": 3},
+          "light": {"correction": "light", "correction_T": CORRECTION_T}}
 
 
 def candidate_recipe(c: dict, arch: str) -> Recipe:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from . import REPO
-from .plots import plot_bars, plot_curves
+from .plots import plot_bars, plot_curves, plot_exits
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -211,9 +211,23 @@ def log_evaluation(tr: Tracker, res: Mapping[str, Any], out: Path, label: str, t
                 "step_within_tol": res["step_within_tol"], "firing_rate_mean": res.get("firing_rate_mean"),
                 "energy_ratio": res.get("energy", {}).get("energy_ratio"),
                 **{f"acc_T{t}": a for t, a in res["acc_at"].items()}})
+    if res.get("exit"):
+        _log_exits(tr, res["exit"], out, label, title, plots, pngs)
     for k, p in pngs.items():
         tr.image(f"plot/{k}", p)
     return pngs
+
+
+def _log_exits(tr: Tracker, ex: Mapping[str, Any], out: Path, label: str, title: str, plots: bool, pngs: dict) -> None:
+    """Early exit: per rule its accuracy and exit steps (summary and a table), and the plot."""
+    if plots:
+        pngs["exit"] = plot_exits(out / "exit.png", {label: ex}, f"{title}: accuracy vs mean steps")
+    cols = ["rule", "accuracy", "mean_steps", "median_steps", "p90_steps", "fixed_T", "fixed_acc", "p_vs_fixed"]
+    rows = [[rule, r["accuracy"], r["mean_steps"], r["median_steps"], r["p90_steps"], r["vs_fixed"]["T"],
+             r["vs_fixed"]["fixed_acc"], r["vs_fixed"]["p"]] for rule, r in ex["rules"].items()]
+    tr.table("exit", cols, rows)
+    tr.summary({f"exit/{rule}/{k}": r[k] for rule, r in ex["rules"].items() for k in ("accuracy", "mean_steps")}
+               | {"exit/oracle/mean_steps": ex["oracle"]["mean_steps"]})
 
 
 def log_conversion(tr: Tracker, names: Sequence[str], lam: Sequence[Any], sin: Optional[Mapping[str, Any]],
