@@ -58,14 +58,16 @@ def test_the_adaptive_run_is_exact_in_float64(method, rule, threshold):
     assert torch.equal(replayed.steps, got.steps) and torch.equal(replayed.pred, got.pred)
 
 
-def test_the_learned_rule_is_exact_against_its_own_definition():
+@pytest.mark.parametrize("target,hidden", [("settled", 0), ("right", 0), ("settled", 6)])
+def test_the_learned_rule_is_exact_against_its_own_definition(target, hidden):
     """The learned rule's features (README) computed live in the compacted run and from a recorded
-    full run give the same decisions."""
+    full run give the same decisions, for either target and a logistic or one-hidden-layer model."""
     net, x = _net()
     snn = msat.convert(net, [x], msat.METHODS["msat"].for_model("vgg16"))
     trace = msat.record_run(snn, x, 20, layers=True)
     y = trace["S"][-1].argmax(-1).roll(1)  # labels that are sometimes right
-    predictor = exits.fit_predictor(trace, y)
+    predictor = exits.fit_predictor(trace, y, target=target, hidden=hidden)
+    assert len(predictor.layers) == (2 if hidden else 1)
     assert predictor.names[-1] == f"rate_{len(snn.neurons) - 1}"
     got = msat.simulate_adaptive(snn, x, 20, rule="learned", threshold=0.3, predictor=predictor)
     replayed = msat.replay(trace, "learned", 0.3, predictor=predictor)
@@ -149,6 +151,17 @@ def test_the_oracle_exits_where_the_prediction_stays_right():
         else:
             assert t == 2
     assert exits.stats(res, y)["accuracy"] == pytest.approx(100 * float(right[-1].double().mean()))
+
+
+def test_the_settled_target_marks_steps_from_which_the_answer_no_longer_changes():
+    trace, _ = _trace_and_labels()
+    top = trace["S"].argmax(-1)  # [T, B]
+    got = exits.settled(trace, top.shape[0])
+    for b in range(top.shape[1]):
+        for t in range(top.shape[0]):
+            assert bool(got[t, b]) == bool((top[t:, b] == top[-1, b]).all())
+    with pytest.raises(ValueError, match="unknown exit target"):
+        exits.fit_predictor(trace, top[-1], target="stable")
 
 
 def test_a_fitted_schedule_lets_out_images_at_its_precision():

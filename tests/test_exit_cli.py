@@ -26,6 +26,8 @@ EXIT = ["experiment=demo", "eval.max_samples=40", "eval.batch_size=16", "eval.T=
     ("eval.exit.min_steps=300", "min_steps must be an integer in 1..T_max"),
     ("eval.exit.threshold=1.5", r"probability in \(0, 1\]"),
     ("eval.exit.max_drop=-1", "max_drop"),
+    ("eval.exit.target=stable", "eval.exit.target must be one of"),
+    ("eval.exit.hidden=-2", "eval.exit.hidden"),
 ])
 def test_bad_exit_settings_fail_at_the_door(tmp_path, override, match):
     rule = ["eval.exit.rule=confidence"] if "threshold" in override else []

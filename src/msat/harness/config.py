@@ -83,6 +83,8 @@ class ExitConf:
     min_steps: int = 1  # the first step an image may exit at
     T_max: Optional[int] = None  # the longest run (null: eval.T)
     holdout: int = 1000  # training images held out from calibration, to fit and choose on
+    target: str = "settled"  # the learned rule predicts: settled (already the answer at T_max) | right (and stays right)
+    hidden: int = 0  # the learned rule's model: 0 = logistic regression, n = one tanh layer of n units
 
 
 @dataclass

@@ -39,6 +39,8 @@ class ExitSettings:
     min_steps: int
     T_max: int
     holdout: int
+    target: str = "settled"
+    hidden: int = 0
 
 
 def exit_settings(ev, T: int, readout_start) -> Optional[ExitSettings]:
@@ -65,10 +67,17 @@ def exit_settings(ev, T: int, readout_start) -> Optional[ExitSettings]:
         raise ValueError(f"eval.exit.max_drop (points of accuracy) must be >= 0, got {ex.max_drop}")
     if isinstance(ex.holdout, bool) or int(ex.holdout) < 2:
         raise ValueError(f"eval.exit.holdout (held-out training images) must be >= 2, got {ex.holdout}")
+    target, hidden = ex.get("target", "settled"), ex.get("hidden", 0)
+    if target not in exits.TARGETS:
+        raise ValueError(f"eval.exit.target must be one of {', '.join(exits.TARGETS)}, got {target!r}")
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
+        raise ValueError(f"eval.exit.hidden (hidden units of the learned rule; 0 = logistic) must be an integer >= 0, "
+                         f"got {hidden!r}")
     from ..spiking.early_exit import check_exit
 
     check_exit(int(T_max), ex.min_steps, 0)
-    return ExitSettings(tuple(names), ex.threshold, float(ex.max_drop), int(ex.min_steps), int(T_max), int(ex.holdout))
+    return ExitSettings(tuple(names), ex.threshold, float(ex.max_drop), int(ex.min_steps), int(T_max), int(ex.holdout),
+                        target, hidden)
 
 
 def holdout_images(splits, batch_size: int, seed: int, num_batches: Optional[int], n: int):
@@ -122,7 +131,8 @@ def fit_rules(held: dict, s: ExitSettings) -> dict:
     fit, select = _halves(held)
     out = {}
     for name in s.rules:
-        predictor = exits.fit_predictor(fit, fit["y"], s.min_steps, s.T_max) if name == "learned" else None
+        predictor = exits.fit_predictor(fit, fit["y"], s.min_steps, s.T_max, hidden=s.hidden,
+                                         target=s.target) if name == "learned" else None
         if s.threshold is not None:
             on, points = held, exits.curve(held, y, name, [s.threshold], s.min_steps, s.T_max)
         elif name == "confidence":

@@ -13,14 +13,18 @@ Rules (:data:`EXIT_RULES`, one registered class each):
 - ``schedule``: ``max softmax(m_t) >= threshold[t - 1]``, one threshold per step (the last one
   holds after the schedule ends; a value above 1 means nobody exits at that step);
 - ``learned``: ``P(right now and right until T_max) >= threshold`` from an :class:`ExitPredictor`,
-  a logistic model on the run's features at step t (:func:`feature_names`).
+  a small model (logistic, or one tanh hidden layer) on the run's features at step t
+  (:func:`feature_names`).
 
 The features of an image at step t (:class:`Progress`): the confidence, margin and entropy of
 ``softmax(m_t)``; ``log(1 + h)`` with h the number of consecutive readout steps, ending at t, whose
 ``argmax S`` is the same; ``log t``; the top-1 minus top-2 entry of the window mean ``w_t = (S_t -
 S_{t-W}) / min(W, t - readout_start)`` over the last W = 8 steps (``S`` is 0 up to the readout
-start); whether ``argmax w_t == argmax S_t``; and for every spiking layer the spikes it emitted
-for the image in steps 1..t per neuron and step.
+start); whether ``argmax w_t == argmax S_t``; ``log(1 + top-1 minus top-2 of S_t)``; ``log(1 +
+c)`` with c the number of readout steps so far at which ``argmax S`` changed; the fraction of the
+last ``min(W, t - readout_start)`` steps whose own output ``S_s - S_{s-1}`` has the argmax of
+``S_t``; and for every spiking layer the spikes it emitted for the image in steps 1..t per
+neuron and step.
 
 Images that exit are removed from the batch (:meth:`SpikingNetwork.keep_rows`): neuron, pool,
 spike-confidence and monitor state are compacted, so the remaining steps cost less, and each
@@ -39,7 +43,8 @@ from .network import SpikingNetwork
 from .simulation import check_readout_start, check_T, start_run
 
 WINDOW = 8
-BASE_FEATURES = ("confidence", "margin", "entropy", "log1p_held", "log_t", "window_margin", "window_agrees")
+BASE_FEATURES = ("confidence", "margin", "entropy", "log1p_held", "log_t", "window_margin", "window_agrees",
+                 "log1p_sum_margin", "log1p_changes", "steps_agree")
 
 
 def feature_names(layers: int) -> list[str]:
@@ -82,7 +87,9 @@ class Progress:
         self.t = 0
         self.history: list[torch.Tensor] = []  # S of the last WINDOW steps (S_d = 0)
         self.held: Optional[torch.Tensor] = None
+        self.changes: Optional[torch.Tensor] = None
         self.top: Optional[torch.Tensor] = None
+        self.step_tops: list[torch.Tensor] = []  # argmax of the last WINDOW steps' own outputs
         self.rates: Optional[torch.Tensor] = None
 
     def observe(self, S: torch.Tensor, t: int, rates: Optional[torch.Tensor] = None) -> None:
@@ -93,23 +100,29 @@ class Progress:
             return
         top = S.argmax(-1)
         if self.held is None:
-            self.held = torch.ones_like(top)
+            self.held, self.changes = torch.ones_like(top), torch.zeros_like(top)
         else:
-            self.held = torch.where(top == self.top, self.held + 1, torch.ones_like(self.held))
+            same = top == self.top
+            self.held = torch.where(same, self.held + 1, torch.ones_like(self.held))
+            self.changes = self.changes + (~same).long()
         self.top = top
+        self.step_tops.append((S - self.history[-1] if self.history else S).argmax(-1))
         self.history.append(S)
         if len(self.history) > WINDOW + 1:
             self.history.pop(0)
+        if len(self.step_tops) > WINDOW:
+            self.step_tops.pop(0)
         if rates is None and self.layers:
             rates = torch.stack([m.count / (m.neurons * t) for m in self.layers], 1)
         self.rates = rates
 
     def keep_rows(self, rows: torch.Tensor) -> None:
-        for name in ("S", "held", "top", "rates"):
+        for name in ("S", "held", "changes", "top", "rates"):
             v = getattr(self, name)
             if v is not None:
                 setattr(self, name, v.index_select(0, rows))
         self.history = [h.index_select(0, rows) for h in self.history]
+        self.step_tops = [h.index_select(0, rows) for h in self.step_tops]
 
     # ------------------------------------------------------------------ the features
     def mean(self) -> torch.Tensor:
@@ -127,9 +140,12 @@ class Progress:
         top2 = m.topk(2, -1).values
         w = self.window().double()
         wtop2 = w.topk(2, -1).values
+        stop2 = self.S.double().topk(2, -1).values
+        agree = torch.stack([st == self.top for st in self.step_tops]).double().mean(0)
         cols = [p.amax(-1), top2[:, 0] - top2[:, 1], -(p * torch.log(p.clamp(min=1e-300))).sum(-1),
                 torch.log1p(self.held.double()), torch.full_like(top2[:, 0], math.log(self.t)),
-                wtop2[:, 0] - wtop2[:, 1], (w.argmax(-1) == self.top).double()]
+                wtop2[:, 0] - wtop2[:, 1], (w.argmax(-1) == self.top).double(),
+                torch.log1p((stop2[:, 0] - stop2[:, 1]).clamp(min=0)), torch.log1p(self.changes.double()), agree]
         out = torch.stack(cols, 1)
         return torch.cat([out, self.rates.double()], 1) if self.rates is not None else out
 
@@ -213,26 +229,34 @@ class Schedule(ExitRule):
 
 
 class ExitPredictor:
-    """A logistic model of "the prediction at step t is right and stays right until T_max" on the
-    standardised features of :class:`Progress` (float64)."""
+    """A small model of "the prediction at step t is right and stays right until T_max" on the
+    standardised features of :class:`Progress` (float64): ``layers`` of ``(weight, bias)``, tanh
+    between them, a sigmoid at the end (one layer: logistic regression)."""
 
-    def __init__(self, weight: torch.Tensor, bias: float, mean: torch.Tensor, std: torch.Tensor,
+    def __init__(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], mean: torch.Tensor, std: torch.Tensor,
                  names: Sequence[str]):
-        self.weight, self.bias = weight.double(), float(bias)
+        self.layers = [(w.double(), torch.as_tensor(b, dtype=torch.float64)) for w, b in layers]
         self.mean, self.std, self.names = mean.double(), std.double(), list(names)
 
-    def probability(self, features: torch.Tensor) -> torch.Tensor:
+    def logit(self, features: torch.Tensor) -> torch.Tensor:
         z = (features.double() - self.mean.to(features.device)) / self.std.to(features.device)
-        return torch.sigmoid(z @ self.weight.to(features.device) + self.bias)
+        for k, (w, b) in enumerate(self.layers):
+            z = z @ w.to(z.device) + b.to(z.device)
+            if k < len(self.layers) - 1:
+                z = torch.tanh(z)
+        return z
+
+    def probability(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logit(features))
 
     def to_dict(self) -> dict:
-        return {"weight": self.weight.tolist(), "bias": self.bias, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                "names": self.names}
+        return {"layers": [[w.tolist(), b.tolist()] for w, b in self.layers], "mean": self.mean.tolist(),
+                "std": self.std.tolist(), "names": self.names}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExitPredictor":
         t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-        return cls(t(d["weight"]), d["bias"], t(d["mean"]), t(d["std"]), d["names"])
+        return cls([(t(w), t(b)) for w, b in d["layers"]], t(d["mean"]), t(d["std"]), d["names"])
 
 
 @register_exit_rule("learned")
