@@ -83,11 +83,15 @@ def levels(graph: dict[str, set[str]]) -> dict[str, int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modules", action="store_true", help="one line per module instead of per part")
+    ap.add_argument("--src", type=Path, default=PKG.parent,
+                    help="the source folder holding msat/ (default: this checkout's src); e.g. another commit's "
+                         "worktree, to draw its layout")
     args = ap.parse_args(argv)
-    graph = import_graph()
-    sizes = {m: len((PKG.parent / (m.replace(".", "/"))).with_suffix(".py").read_text().splitlines())
-             if (PKG.parent / m.replace(".", "/")).with_suffix(".py").exists()
-             else len((PKG.parent / m.replace(".", "/") / "__init__.py").read_text().splitlines()) for m in graph}
+    pkg = args.src.resolve() / "msat"
+    graph = import_graph(pkg)
+    sizes = {m: len((pkg.parent / (m.replace(".", "/"))).with_suffix(".py").read_text().splitlines())
+             if (pkg.parent / m.replace(".", "/")).with_suffix(".py").exists()
+             else len((pkg.parent / m.replace(".", "/") / "__init__.py").read_text().splitlines()) for m in graph}
     if args.modules:
         lv = levels(graph)
         for m in sorted(graph, key=lambda m: (lv[m], m)):

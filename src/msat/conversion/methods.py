@@ -5,11 +5,13 @@ holds the same settings; a test checks that the two agree), what ``msat.reproduc
 ``msat.search`` and the GPU plan run, and what ``msat.METHODS[name].for_model(model)`` gives a
 Python user. Adaptive rules take their hyperparameters from Table 2 for the model at hand
 (:meth:`Recipe.for_model`). Every registered correction that names a ``method`` adds one
-(max-norm IF neurons, the correction for its ``default_T`` steps).
+(max-norm IF neurons, the correction for its ``default_T`` steps), and every registered threshold
+rule not named here adds its plain recipe (``Recipe(threshold=name)``), so a new rule is one class.
 """
 
 from __future__ import annotations
 
+from ..spiking.thresholds import THRESHOLD_RULES
 from .corrections import CORRECTIONS
 from .recipe import Recipe
 
@@ -36,3 +38,5 @@ METHODS: dict[str, Recipe] = {
 for _name, _cls in CORRECTIONS.items():
     if _cls.method:
         METHODS[_cls.method] = _const(correction=_name, correction_T=_cls.default_T)
+for _name in THRESHOLD_RULES:
+    METHODS.setdefault(_name, Recipe(threshold=_name))
