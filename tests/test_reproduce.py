@@ -117,8 +117,26 @@ def test_missing_jpeg_folder_says_where_and_how(tmp_path):
     assert "CIFAR-10 JPEG folder not found" in r.stderr and "DATA=" in r.stderr and "--data" in r.stderr
 
 
+# the e2e tier runs one method of each kind the driver treats differently (Fig. 5/6 rows, spike
+# confidence, a correction, delayed readout, a lever, the search's winner, the QCFS net); the slow
+# tier (make test-full) runs every method
+QUICK_SUBSET = ("const", "msat", "msat_sc", "calibration_light", "ltb_delayed", "msat_v0.5_p99.9", "search_T8", "qcfs")
+
+
 @pytest.mark.e2e
 def test_quick_mode_end_to_end(tmp_path):
+    _quick_mode(tmp_path, "const,msat,msat_sc,calibration_light,ltb_delayed,msat_v0.5_p99.9,search,qcfs", QUICK_SUBSET,
+                diagnostics=False)
+
+
+@pytest.mark.slow
+def test_quick_mode_end_to_end_every_method(tmp_path):
+    _quick_mode(tmp_path, "all", ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc", "burst", "rts",
+                                  "calibration_light", "calibration_advanced", "ftbc", "ltb", "ltb_delayed", "msat_ltb",
+                                  "msat_ltb_delayed", "msat_v0.5_p99.9", "search_T8", "qcfs"), diagnostics=True)
+
+
+def _quick_mode(tmp_path, methods: str, labels, diagnostics: bool):
     data = fake_cifar_tree(tmp_path / "jpeg")
     r = cli("train_ann.py", "dataset=cifar10", f"dataset.root={data}", "model=vgg16", "model.width=0.0625",
             "train.epochs=1", "train.batch_size=16", "dataset.num_workers=0", "dataset.augment.autoaugment=false",
@@ -142,7 +160,7 @@ def test_quick_mode_end_to_end(tmp_path):
     assert len(found["candidates"]) == 2 * 1 * 2 * 2 * 1 and set(found["best"]) == {"8"}  # T=8 < 16: ranked at T
     cmd = [sys.executable, "-m", "msat.reproduce", "--quick", "--checkpoint", str(ckpt), "--data", str(data),
            "--out", str(out), "--runs", str(runs), "--jobs", "2", "--other-images", "6", "--search", str(out / "search.json"),
-           "--qcfs-checkpoint", str(qcfs)]
+           "--qcfs-checkpoint", str(qcfs), "--methods", methods] + ([] if diagnostics else ["--no-diagnostics"])
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -150,9 +168,8 @@ def test_quick_mode_end_to_end(tmp_path):
     assert set(s["ann"]) == {"checkpoint", "model", "width", "epochs", "ann_acc_full", "normalization"}
     assert s["ann"]["model"] == "vgg16" and s["ann"]["width"] == 0.0625 and s["ann"]["epochs"] == 1
     assert 0.0 <= s["ann"]["ann_acc_full"] <= 100.0
-    for label in ("const", "const_0.5", "const_0.2", "dtt", "det", "msat", "msat_sc", "burst", "rts",
-                  "calibration_light", "calibration_advanced", "ltb", "ltb_delayed", "msat_ltb", "msat_ltb_delayed",
-                  "msat_v0.5_p99.9", "search_T8", "qcfs"):
+    assert set(labels) <= set(s["curves"])
+    for label in labels:
         c = s["curves"][label]
         assert len(c["acc"]) == 8 and c["n_images"] == (8 if label in ("const", "const_0.5", "const_0.2", "dtt", "det",
                                                                          "msat", "msat_sc") else 6)
@@ -174,11 +191,16 @@ def test_quick_mode_end_to_end(tmp_path):
     for ref in refs:
         assert f"## Paired tests against `{ref}`" in tables
 
-    diag = details["diagnostics"]
-    assert {"const", "msat", "msat_sc"} < set(diag) and len(set(diag) - {"const", "msat", "msat_sc"} & set(LEVERS)) == 1
-    assert len(diag["msat"]["rel_l2"][0]) == 8 and diag["msat"]["n_images"] == 8
-    for png in ("diagnostics_msat/layer_errors.png", "diagnostics_msat_sc/layer_errors.png", "layer_errors_last_rel_l2.png",
-                "fig5_thresholds.png", "fig6_spike_confidence.png", "fig2_sin_ratio.png", "fig7_firing_rate.png"):
+    if not diagnostics:
+        assert "diagnostics" not in details
+    else:
+        diag = details["diagnostics"]
+        assert {"const", "msat", "msat_sc"} < set(diag) and len(set(diag) - {"const", "msat", "msat_sc"} & set(LEVERS)) == 1
+        assert len(diag["msat"]["rel_l2"][0]) == 8 and diag["msat"]["n_images"] == 8
+        for png in ("diagnostics_msat/layer_errors.png", "diagnostics_msat_sc/layer_errors.png",
+                    "layer_errors_last_rel_l2.png"):
+            assert (out / png).stat().st_size > 0
+    for png in ("fig5_thresholds.png", "fig6_spike_confidence.png", "fig2_sin_ratio.png", "fig7_firing_rate.png"):
         assert (out / png).stat().st_size > 0
     # a rerun reuses the finished runs
     r2 = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)

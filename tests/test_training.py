@@ -30,10 +30,10 @@ def test_digits_vgg16_reaches_90_percent(digits_run):
 @pytest.mark.skipif(not fashion_mnist_available(), reason="Debian package dataset-fashion-mnist is not installed")
 def test_fashion_mnist_narrow_vgg16_one_epoch(tmp_path):
     cfg = compose(["dataset=fashion_mnist", "model.width=0.25", "train.epochs=1", "train.batch_size=32",
-                   "train.lr=0.02", "dataset.max_train_samples=30000", "dataset.max_test_samples=2000",
+                   "train.lr=0.02", "dataset.max_train_samples=12000", "dataset.max_test_samples=2000",
                    "dataset.augment.crop_padding=0", "dataset.augment.flip=false"], tmp_path)
     metrics = run_train(cfg)
-    assert metrics["test_acc"] >= 85.0
+    assert metrics["test_acc"] >= 78.0  # 82.55 on an AMD EPYC (AVX2); chance is 10
 
 
 @pytest.mark.skipif(not (CIFAR_JPEG / "train").is_dir(), reason=f"CIFAR-10 JPEG folder not found at {CIFAR_JPEG}")
