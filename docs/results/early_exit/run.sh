@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Early exit on the CIFAR-10 VGG16 (width 0.25) of docs/results/cifar10, on the same 1,000 test images
+# as its later fixed-T runs (eval.max_samples=1000, eval.subset_seed=0), every rule, the operating point
+# chosen on 1,000 training images held out from calibration (max_drop 1 point), two runs at a time,
+# one thread each. Results: outputs/early_exit/<label>/results.json; then summarize.py.
+#   bash docs/results/early_exit/run.sh [DATA] [RUNS]
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+DATA=${1:-../shared/datasets/cifar10-jpeg}
+RUNS=${2:-outputs/early_exit}
+COMMON=(dataset=cifar10 "dataset.root=$DATA" dataset.format=imagefolder dataset.num_workers=0 model=vgg16
+        model.width=0.25 calibration.checkpoint=$PWD/docs/results/cifar10/vgg16_w0.25.pt "paths.root=$RUNS"
+        eval.max_samples=1000 eval.subset_seed=0 eval.batch_size=200 eval.exit.rule=all eval.exit.holdout=1000
+        eval.exit.max_drop=1.0 sin.enabled=false progress=false wandb.mode=offline)
+run() {  # label, T_max, overrides...
+  local label=$1 T=$2; shift 2
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python evaluate.py "${COMMON[@]}" "eval.T=$T" "hydra.run.dir=$RUNS/$label" \
+    "+tags=[early_exit,$label]" "$@" > "$RUNS/$label.log" 2>&1
+}
+mkdir -p "$RUNS"
+# the search's T = 32 winner (docs/results/cifar10/search.json) and LTB with at most 2 spikes a step
+run search_T32 128 method=const calibration.percentile=0.999 method.v_init=0.5 method.correction=light method.correction_T=32 &
+run ltb_burst2 128 method=ltb method.max_spikes=2 &
+wait
+# LTB with delayed readout, and MSAT (the paper's method)
+run ltb_delayed 128 method=ltb eval.readout_start=auto &
+run msat 128 method=msat &
+wait
