@@ -10,8 +10,9 @@ training images held out from calibration, never on test images:
   exited), or none;
 - :func:`fit_predictor`: a small model (logistic, or one tanh hidden layer; L2, float64, L-BFGS)
   on the features of every image and step, of one of two targets (:data:`TARGETS`): ``settled``
-  (default), "the prediction at step t is already the one at T_max and stays so", which needs no
-  label, or ``right``, "the prediction at step t is right and stays right until T_max". With
+  (``eval.exit.target``'s default; ``fit_predictor``'s own default is ``right``), "the
+  prediction at step t is already the one at T_max and stays so", which needs no label, or
+  ``right``, "the prediction at step t is right and stays right until T_max". With
   ``right`` an image the net gets wrong even at T_max is never a positive example, so the model
   learns to keep exactly the images that gain nothing from more steps; ``settled`` lets them go
   as soon as their answer stops changing (on the CIFAR-10 VGG16 of docs/results/early_exit, 87.0%
@@ -29,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
-from ..spiking.early_exit import ExitPredictor, ExitResult, Progress, check_exit, feature_names, replay
+from ..spiking.early_exit import ExitPredictor, ExitResult, Progress, check_exit, feature_names, mlp_logit, replay
 
 # the thresholds each simple rule's curve is drawn at (the schedule's: target precisions)
 CONFIDENCE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0)
@@ -139,18 +140,11 @@ def fit_predictor(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1,
             else torch.zeros(sizes[k], sizes[k + 1], dtype=torch.float64)
         params += [w.requires_grad_(True), torch.zeros(sizes[k + 1], dtype=torch.float64, requires_grad=True)]
     opt = torch.optim.LBFGS(params, max_iter=iterations, line_search_fn="strong_wolfe")
-
-    def forward():
-        z = Z
-        for k in range(0, len(params), 2):
-            z = z @ params[k] + params[k + 1]
-            if k < len(params) - 2:
-                z = torch.tanh(z)
-        return z[:, 0]
+    pairs = list(zip(params[::2], params[1::2]))
 
     def loss():
         opt.zero_grad()
-        value = torch.nn.functional.binary_cross_entropy_with_logits(forward(), Y)
+        value = torch.nn.functional.binary_cross_entropy_with_logits(mlp_logit(Z, pairs)[:, 0], Y)
         value = value + l2 * sum((w * w).sum() for w in params[::2])
         value.backward()
         return value

@@ -12,9 +12,9 @@ Rules (:data:`EXIT_RULES`, one registered class each):
 - ``margin``: the top-1 minus the top-2 entry of ``m_t`` ``>= threshold`` (> 0, in the output's units);
 - ``schedule``: ``max softmax(m_t) >= threshold[t - 1]``, one threshold per step (the last one
   holds after the schedule ends; a value above 1 means nobody exits at that step);
-- ``learned``: ``P(right now and right until T_max) >= threshold`` from an :class:`ExitPredictor`,
-  a small model (logistic, or one tanh hidden layer) on the run's features at step t
-  (:func:`feature_names`).
+- ``learned``: ``P >= threshold`` from an :class:`ExitPredictor`, a small model (logistic, or one
+  tanh hidden layer) on the run's features at step t (:func:`feature_names`); what P predicts is
+  the target it was fitted to (:func:`msat.analysis.exits.fit_predictor`).
 
 The features of an image at step t (:class:`Progress`): the confidence, margin and entropy of
 ``softmax(m_t)``; ``log(1 + h)`` with h the number of consecutive readout steps, ending at t, whose
@@ -228,10 +228,20 @@ class Schedule(ExitRule):
         return {"rule": self.name, "threshold": self.thresholds}
 
 
+def mlp_logit(z: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``layers`` of ``(weight, bias)`` applied to ``z``, tanh between them, none after the last."""
+    for k, (w, b) in enumerate(layers):
+        z = z @ w.to(z.device) + b.to(z.device)
+        if k < len(layers) - 1:
+            z = torch.tanh(z)
+    return z
+
+
 class ExitPredictor:
-    """A small model of "the prediction at step t is right and stays right until T_max" on the
-    standardised features of :class:`Progress` (float64): ``layers`` of ``(weight, bias)``, tanh
-    between them, a sigmoid at the end (one layer: logistic regression)."""
+    """A small model of the probability that an image may exit at step t (its target: see
+    :func:`msat.analysis.exits.fit_predictor`) on the standardised features of :class:`Progress`
+    (float64): ``layers`` of ``(weight, bias)``, tanh between them, a sigmoid at the end (one
+    layer: logistic regression)."""
 
     def __init__(self, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], mean: torch.Tensor, std: torch.Tensor,
                  names: Sequence[str]):
@@ -240,11 +250,7 @@ class ExitPredictor:
 
     def logit(self, features: torch.Tensor) -> torch.Tensor:
         z = (features.double() - self.mean.to(features.device)) / self.std.to(features.device)
-        for k, (w, b) in enumerate(self.layers):
-            z = z @ w.to(z.device) + b.to(z.device)
-            if k < len(self.layers) - 1:
-                z = torch.tanh(z)
-        return z
+        return mlp_logit(z, self.layers)
 
     def probability(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logit(features))
