@@ -262,7 +262,8 @@ class ExitPredictor:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ExitPredictor":
         t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-        return cls([(t(w), t(b)) for w, b in d["layers"]], t(d["mean"]), t(d["std"]), d["names"])
+        layers = d["layers"] if "layers" in d else [[d["weight"], d["bias"]]]  # a logistic model saved before "layers"
+        return cls([(t(w), t(b)) for w, b in layers], t(d["mean"]), t(d["std"]), d["names"])
 
 
 @register_exit_rule("learned")
