@@ -81,6 +81,34 @@ def test_the_learned_rule_is_exact_against_its_own_definition(target, hidden):
         assert torch.equal(msat.replay(trace, "learned", 0.3, predictor=old).steps, got.steps)
 
 
+def test_a_learned_rule_without_firing_rates_reads_the_output_alone(monkeypatch):
+    """fit_predictor(rates=False): the model's features are the output's only; its adaptive run
+    counts no spikes (no layer monitor is attached) and equals its replay on a recorded run that
+    has the rates, in float64."""
+    from msat.spiking.early_exit import BASE_FEATURES, LayerSpikes
+
+    net, x = _net()
+    snn = msat.convert(net, [x], msat.METHODS["msat"].for_model("vgg16"))
+    trace = msat.record_run(snn, x, 20, layers=True)
+    predictor = exits.fit_predictor(trace, trace["S"][-1].argmax(-1), target="settled", rates=False)
+    assert predictor.names == list(BASE_FEATURES) and not predictor.uses_rates
+    assert predictor.layers[0][0].shape[0] == len(BASE_FEATURES)
+    bare = {k: v for k, v in trace.items() if k != "rates"}  # a recording without rates fits too
+    assert exits.fit_predictor(bare, trace["S"][-1].argmax(-1), target="settled", rates=False).names == predictor.names
+
+    def no_counting(self, *args):
+        raise AssertionError("a rule without rates counted spikes")
+
+    monkeypatch.setattr(LayerSpikes, "on_step", no_counting)
+    got = msat.simulate_adaptive(snn, x, 20, rule="learned", threshold=0.5, predictor=predictor)
+    replayed = msat.replay(trace, "learned", 0.5, predictor=predictor)
+    assert torch.equal(got.steps, replayed.steps) and torch.equal(got.pred, replayed.pred)
+    assert 1 < len(set(got.steps.tolist()))
+    restored = msat.ExitPredictor.from_dict(predictor.to_dict())
+    assert not restored.uses_rates and torch.equal(msat.replay(trace, "learned", 0.5, predictor=restored).steps,
+                                                   got.steps)
+
+
 class _Scripted(ExitRule):
     """Image b leaves at step 2 + b % 5, and every step the remaining images' S and the last
     layer's membrane are compared with the full run."""

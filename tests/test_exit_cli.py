@@ -37,6 +37,14 @@ def test_bad_exit_settings_fail_at_the_door(tmp_path, override, match):
         eval_settings(compose(["eval.exit.rule=schedule", "eval.exit.threshold=0.9"], tmp_path))
 
 
+def test_a_rates_setting_that_is_not_a_boolean_fails_at_composition(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="eval.exit.rates=sometimes") as caught:
+        compose(["eval.exit.rule=learned", "eval.exit.rates=sometimes"], tmp_path)
+    assert "not a valid bool" in str(caught.value.__cause__)
+
+
 @pytest.mark.e2e
 def test_evaluate_with_early_exit_records_every_rule_and_matches_the_fixed_run(ckpt_root, tmp_path):
     res = run_evaluate(compose(EXIT, ckpt_root))

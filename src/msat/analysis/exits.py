@@ -9,7 +9,8 @@ training images held out from calibration, never on test images:
   the lowest threshold whose newly exiting images are at least q right (over the images not yet
   exited), or none;
 - :func:`fit_predictor`: a small model (logistic, or one tanh hidden layer; L2, float64, L-BFGS)
-  on the features of every image and step, of one of two targets (:data:`TARGETS`): ``settled``
+  on the features of every image and step (with or without the per-layer firing rates), of one
+  of two targets (:data:`TARGETS`): ``settled``
   (``eval.exit.target``'s default; ``fit_predictor``'s own default is ``right``), "the
   prediction at step t is already the one at T_max and stays so", which needs no label, or
   ``right``, "the prediction at step t is right and stays right until T_max". With
@@ -112,12 +113,14 @@ def fit_schedule(trace: Mapping[str, Any], y: torch.Tensor, precision: float, mi
 
 def fit_predictor(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1, T_max: Optional[int] = None,
                   hidden: int = 0, l2: float = 1e-3, iterations: int = 300, seed: int = 0,
-                  target: str = "right") -> ExitPredictor:
+                  target: str = "right", rates: bool = True) -> ExitPredictor:
     """An exit model on every (image, allowed step) of a recorded run: one tanh layer of ``hidden``
     units (0: logistic regression), L2 on the weights, full-batch L-BFGS in float64 from a seeded
-    start, the features standardised (module docstring)."""
-    if trace.get("rates") is None:
-        raise ValueError("the learned rule's features include each layer's firing rate: record_run(..., layers=True)")
+    start, the features standardised (module docstring). ``rates=False`` leaves out the per-layer
+    firing rates: the model reads the output alone, and its runs count no spikes."""
+    if rates and trace.get("rates") is None:
+        raise ValueError("the learned rule's features include each layer's firing rate: record_run(..., layers=True), "
+                         "or fit_predictor(..., rates=False)")
     T_max, min_steps, d = check_exit(T_max or trace["S"].shape[0], min_steps, trace.get("readout_start", 0))
     if target not in TARGETS:
         raise ValueError(f"unknown exit target {target!r}; one of {', '.join(TARGETS)}")
@@ -125,9 +128,9 @@ def fit_predictor(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1,
     rows, targets = [], []
     progress = Progress(d)
     for t in range(1, T_max + 1):
-        progress.observe(trace["S"][t - 1], t, trace["rates"][t - 1])
+        progress.observe(trace["S"][t - 1], t, trace["rates"][t - 1] if rates else None)
         if t >= first_allowed(min_steps, d):
-            rows.append(progress.features())
+            rows.append(progress.features(rates=rates))
             targets.append(labels[t - 1].double())
     X, Y = torch.cat(rows).cpu(), torch.cat(targets).cpu()
     mean, std = X.mean(0), X.std(0).clamp(min=1e-12)
@@ -153,7 +156,7 @@ def fit_predictor(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1,
         opt.step(loss)
     layers = [(params[k].detach(), params[k + 1].detach()) for k in range(0, len(params), 2)]
     layers[-1] = (layers[-1][0][:, 0], layers[-1][1][0])
-    return ExitPredictor(layers, mean, std, feature_names(trace["rates"].shape[-1]))
+    return ExitPredictor(layers, mean, std, feature_names(trace["rates"].shape[-1] if rates else 0))
 
 
 # ----------------------------------------------------------------- curves and the operating point

@@ -85,6 +85,7 @@ class ExitConf:
     holdout: int = 1000  # training images held out from calibration, to fit and choose on
     target: str = "settled"  # the learned rule predicts: settled (already the answer at T_max) | right (and stays right)
     hidden: int = 0  # the learned rule's model: 0 = logistic regression, n = one tanh layer of n units
+    rates: bool = True  # the learned rule also reads each layer's firing rate (false: the output alone, no spike counting)
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 
 from ..analysis import exits
 from ..analysis.stats import mcnemar
-from ..spiking.early_exit import EXIT_RULES, make_exit_rule, record_run, replay, simulate_adaptive
+from ..spiking.early_exit import EXIT_RULES, check_exit, make_exit_rule, record_run, replay, simulate_adaptive
 from .distributed import DistInfo, all_reduce_sum
 from .evaluation import batch_seed, rank_batches, stream
 
@@ -41,6 +41,7 @@ class ExitSettings:
     holdout: int
     target: str = "settled"
     hidden: int = 0
+    rates: bool = True
 
 
 def exit_settings(ev, T: int, readout_start) -> Optional[ExitSettings]:
@@ -73,11 +74,12 @@ def exit_settings(ev, T: int, readout_start) -> Optional[ExitSettings]:
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
         raise ValueError(f"eval.exit.hidden (hidden units of the learned rule; 0 = logistic) must be an integer >= 0, "
                          f"got {hidden!r}")
-    from ..spiking.early_exit import check_exit
-
+    rates = ex.get("rates", True)
+    if not isinstance(rates, bool):
+        raise ValueError(f"eval.exit.rates (whether the learned rule reads the firing rates) is true or false, got {rates!r}")
     check_exit(int(T_max), ex.min_steps, 0)
     return ExitSettings(tuple(names), ex.threshold, float(ex.max_drop), int(ex.min_steps), int(T_max), int(ex.holdout),
-                        target, hidden)
+                        target, hidden, rates)
 
 
 def holdout_images(splits, batch_size: int, seed: int, num_batches: Optional[int], n: int):
@@ -131,8 +133,8 @@ def fit_rules(held: dict, s: ExitSettings) -> dict:
     fit, select = _halves(held)
     out = {}
     for name in s.rules:
-        predictor = exits.fit_predictor(fit, fit["y"], s.min_steps, s.T_max, hidden=s.hidden,
-                                         target=s.target) if name == "learned" else None
+        predictor = exits.fit_predictor(fit, fit["y"], s.min_steps, s.T_max, hidden=s.hidden, target=s.target,
+                                         rates=s.rates) if name == "learned" else None
         if s.threshold is not None:
             on, points = held, exits.curve(held, y, name, [s.threshold], s.min_steps, s.T_max)
         elif name == "confidence":

@@ -14,7 +14,8 @@ Rules (:data:`EXIT_RULES`, one registered class each):
   holds after the schedule ends; a value above 1 means nobody exits at that step);
 - ``learned``: ``P >= threshold`` from an :class:`ExitPredictor`, a small model (logistic, or one
   tanh hidden layer) on the run's features at step t (:func:`feature_names`); what P predicts is
-  the target it was fitted to (:func:`msat.analysis.exits.fit_predictor`).
+  the target it was fitted to (:func:`msat.analysis.exits.fit_predictor`), with or without the
+  per-layer firing rates (``rates=False``: the run then counts no spikes, and costs less).
 
 The features of an image at step t (:class:`Progress`): the confidence, margin and entropy of
 ``softmax(m_t)``; ``log(1 + h)`` with h the number of consecutive readout steps, ending at t, whose
@@ -135,8 +136,9 @@ class Progress:
         past = self.history[-1 - n] if len(self.history) > n else torch.zeros_like(self.S)  # S_{t-n}, 0 at d
         return (self.S - past) / n
 
-    def features(self) -> torch.Tensor:
-        """``[B, F]`` float64, in the order of :func:`feature_names`."""
+    def features(self, rates: bool = True) -> torch.Tensor:
+        """``[B, F]`` float64, in the order of :func:`feature_names`; without the per-layer firing
+        rates when ``rates`` is false (or none were observed)."""
         m = self.mean().double()
         p = torch.softmax(m, -1)
         top2 = m.topk(2, -1).values
@@ -149,7 +151,7 @@ class Progress:
                 wtop2[:, 0] - wtop2[:, 1], (w.argmax(-1) == self.top).double(),
                 torch.log1p((stop2[:, 0] - stop2[:, 1]).clamp(min=0)), torch.log1p(self.changes.double()), agree]
         out = torch.stack(cols, 1)
-        return torch.cat([out, self.rates.double()], 1) if self.rates is not None else out
+        return torch.cat([out, self.rates.double()], 1) if rates and self.rates is not None else out
 
 
 # ----------------------------------------------------------------- the rules
@@ -250,6 +252,11 @@ class ExitPredictor:
         self.layers = [(w.double(), torch.as_tensor(b, dtype=torch.float64)) for w, b in layers]
         self.mean, self.std, self.names = mean.double(), std.double(), list(names)
 
+    @property
+    def uses_rates(self) -> bool:
+        """Whether the model reads the per-layer firing rates (the run must count spikes)."""
+        return any(n.startswith("rate_") for n in self.names)
+
     def logit(self, features: torch.Tensor) -> torch.Tensor:
         z = (features.double() - self.mean.to(features.device)) / self.std.to(features.device)
         return mlp_logit(z, self.layers)
@@ -270,17 +277,17 @@ class ExitPredictor:
 
 @register_exit_rule("learned")
 class Learned(ExitRule):
-    needs_layers = True
-
     def __init__(self, threshold: float = 0.5, predictor: Optional[ExitPredictor] = None):
         self.threshold = _probability(threshold, "learned")
         if not isinstance(predictor, ExitPredictor):
             raise ValueError("the learned rule needs predictor= (an ExitPredictor: msat.analysis.exits.fit_predictor "
                              "fits one on held-out training images)")
         self.predictor = predictor
+        # a predictor of the output's features only needs no spike counting in the run
+        self.needs_layers = predictor.uses_rates
 
     def exits(self, progress: Progress) -> torch.Tensor:
-        return self.predictor.probability(progress.features()) >= self.threshold
+        return self.predictor.probability(progress.features(rates=self.needs_layers)) >= self.threshold
 
     def describe(self) -> dict:
         return {"rule": self.name, "threshold": self.threshold, "predictor": self.predictor.to_dict()}
