@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import msat
+from msat.analysis.exits import fixed_steps_for
 from msat.conversion.pipeline import Converter
 from msat.harness.checkpoint import load_artifact, load_model
 from msat.harness.data import subset
@@ -67,8 +68,7 @@ def main(argv=None) -> int:
     adaptive = run()
     acc = float((adaptive.pred == y).double().mean())
     fixed = msat.simulate(snn, x, T_max, readout_start=d).argmax(-1) == y
-    reach = (fixed.double().mean(1) >= acc - 1e-12).nonzero()
-    T_star = int(reach[0]) + 1 if len(reach) else T_max
+    T_star = fixed_steps_for(fixed.double().mean(1).tolist(), acc) or T_max
     times = {"fixed": [], "adaptive": []}
     for _ in range(args.rounds):
         for name, fn in (("fixed", lambda: msat.simulate(snn, x, T_star, readout_start=min(d, T_star - 1))),

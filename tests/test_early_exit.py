@@ -211,3 +211,9 @@ def test_the_operating_point_is_the_fewest_steps_within_the_drop():
     assert exits.choose(points, 85.0, 1.0)["mean_steps"] == 9.0
     far = exits.choose(points, 95.0, 1.0)
     assert far["mean_steps"] == 20.0 and not far["within_drop"]
+
+
+def test_fixed_steps_for_is_the_first_step_that_reaches_the_accuracy():
+    curve = [10.0, 50.0, 80.0, 79.0, 85.0]
+    assert exits.fixed_steps_for(curve, 80.0) == 3 and exits.fixed_steps_for(curve, 84.0) == 5
+    assert exits.fixed_steps_for(curve, 10.0) == 1 and exits.fixed_steps_for(curve, 90.0) is None

@@ -15,12 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from msat.analysis.exits import fixed_steps_for
 from msat.analysis.stats import wilson_interval
-
-
-def fixed_steps_for(curve: list, accuracy: float) -> int | None:
-    """The fewest steps of the fixed run whose accuracy reaches ``accuracy`` (None: never)."""
-    return next((t + 1 for t, a in enumerate(curve) if a >= accuracy - 1e-9), None)
 
 
 def rows_of(run: Path) -> tuple[dict, list[dict]]:

@@ -78,6 +78,13 @@ def oracle(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1, T_max:
     return ExitResult(pred, steps.long())
 
 
+def fixed_steps_for(curve: Sequence[float], accuracy: float) -> Optional[int]:
+    """The fewest steps at which a fixed-T accuracy curve (``curve[t - 1]`` at step t) reaches
+    ``accuracy`` (in the curve's units), or None when it never does: the fixed T an early-exit
+    result is compared with."""
+    return next((t + 1 for t, a in enumerate(curve) if a >= accuracy - 1e-9), None)
+
+
 def fixed(trace: Mapping[str, Any], y: torch.Tensor, T: int) -> torch.Tensor:
     """Per image, right after T steps of the fixed run."""
     return trace["S"][T - 1].argmax(-1) == y
