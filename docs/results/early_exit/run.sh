@@ -26,3 +26,6 @@ wait
 run ltb_delayed 128 method=ltb eval.readout_start=auto &
 run msat 128 method=msat &
 wait
+# the QCFS net of docs/results/cifar10 (its own ANN: fine-tuned with QCFS activations, L = 4)
+run qcfs 128 method=qcfs model.activation=qcfs model.levels=4 model.lam_init=2.0 \
+  calibration.checkpoint=$PWD/docs/results/cifar10/vgg16_qcfs4_w0.25.pt
