@@ -1,4 +1,5 @@
 """More exit features for the learned rule, offline: python feature_ablation.py TRACES.pt [SET ...]
+(or TRACES.pt --crossfit: the operating point chosen on all held-out images by cross-fitting)
 
 TRACES.pt: the held-out and test recordings of a run ({"held": ..., "test": ...} as record_traces.py
 saves them, or an early-exit evaluation's partial file, whose "stages" hold the same records).
@@ -169,7 +170,24 @@ sets = {
     "all+rates": (None, True),
     "all": (None, False),
 }
-only = sys.argv[2:] or list(sets)
+if "--crossfit" in sys.argv[2:]:
+    # The choice on all held-out images instead of one half: a model fitted on each half scores the
+    # other (cross-fitting), the threshold is chosen on the union for a 1-point drop from the ANN on
+    # all held-out images, and a model fitted on all of them is applied to the test images at it.
+    A, B = fit_tr, sel_tr
+    ann_all = 100 * float(held["ann_right"].double().mean())
+    for rates in (True, False):
+        fa = (lambda tr: add_rates(feats(tr, BASE)[0], tr)) if rates else (lambda tr: feats(tr, BASE)[0])
+        pA, pB = fit(fa(A), settled_labels(A)), fit(fa(B), settled_labels(B))
+        cA, cB = curve(pB(fa(A)), A), curve(pA(fa(B)), B)
+        cu = [(a[0], (a[1] + b[1]) / 2, (a[2] + b[2]) / 2) for a, b in zip(cA, cB)]
+        ok = [i for i, c in enumerate(cu) if c[1] >= ann_all - 1]
+        i = min(ok, key=lambda i: cu[i][2]) if ok else max(range(len(cu)), key=lambda i: cu[i][1])
+        ct = curve(fit(fa(held), settled_labels(held))(fa(test)), test)
+        print(f"rates={rates} ann held {ann_all:.1f} crossfit chosen {cu[i][0]} held {cu[i][1]:.1f}@{cu[i][2]:.1f} "
+              f"test {ct[i][1]:.1f}@{ct[i][2]:.1f}")
+    sys.exit(0)
+only = [a for a in sys.argv[2:] if not a.startswith("--")] or list(sets)
 cache = {}
 for name in only:
     names, rates = sets[name]
