@@ -118,28 +118,13 @@ def fit_schedule(trace: Mapping[str, Any], y: torch.Tensor, precision: float, mi
     return out
 
 
-def fit_predictor(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1, T_max: Optional[int] = None,
-                  hidden: int = 0, l2: float = 1e-3, iterations: int = 300, seed: int = 0,
-                  target: str = "right", rates: bool = True) -> ExitPredictor:
-    """An exit model on every (image, allowed step) of a recorded run: one tanh layer of ``hidden``
-    units (0: logistic regression), L2 on the weights, full-batch L-BFGS in float64 from a seeded
-    start, the features standardised (module docstring). ``rates=False`` leaves out the per-layer
-    firing rates: the model reads the output alone, and its runs count no spikes."""
-    if rates and trace.get("rates") is None:
-        raise ValueError("the learned rule's features include each layer's firing rate: record_run(..., layers=True), "
-                         "or fit_predictor(..., rates=False)")
-    T_max, min_steps, d = check_exit(T_max or trace["S"].shape[0], min_steps, trace.get("readout_start", 0))
-    if target not in TARGETS:
-        raise ValueError(f"unknown exit target {target!r}; one of {', '.join(TARGETS)}")
-    labels = right_until_end(trace, y, T_max) if target == "right" else settled(trace, T_max)
-    rows, targets = [], []
-    progress = Progress(d)
-    for t in range(1, T_max + 1):
-        progress.observe(trace["S"][t - 1], t, trace["rates"][t - 1] if rates else None)
-        if t >= first_allowed(min_steps, d):
-            rows.append(progress.features(rates=rates))
-            targets.append(labels[t - 1].double())
-    X, Y = torch.cat(rows).cpu(), torch.cat(targets).cpu()
+def fit_mlp(X: torch.Tensor, Y: torch.Tensor, hidden: int = 0, l2: float = 1e-3, iterations: int = 300,
+            seed: int = 0) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+    """The model behind :func:`fit_predictor`, on any feature matrix ``X`` ``[N, F]`` (float64) and
+    0/1 targets ``Y`` ``[N]``: the features standardised, one tanh layer of ``hidden`` units (0:
+    logistic regression), L2 on the weights, full-batch L-BFGS from a seeded start. Returns
+    ``(layers, mean, std)`` as :class:`ExitPredictor` takes them (the last layer's weight a vector,
+    its bias a scalar)."""
     mean, std = X.mean(0), X.std(0).clamp(min=1e-12)
     Z = (X - mean) / std
     g = torch.Generator().manual_seed(seed)
@@ -163,6 +148,31 @@ def fit_predictor(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1,
         opt.step(loss)
     layers = [(params[k].detach(), params[k + 1].detach()) for k in range(0, len(params), 2)]
     layers[-1] = (layers[-1][0][:, 0], layers[-1][1][0])
+    return layers, mean, std
+
+
+def fit_predictor(trace: Mapping[str, Any], y: torch.Tensor, min_steps: int = 1, T_max: Optional[int] = None,
+                  hidden: int = 0, l2: float = 1e-3, iterations: int = 300, seed: int = 0,
+                  target: str = "right", rates: bool = True) -> ExitPredictor:
+    """An exit model (:func:`fit_mlp`) on every (image, allowed step) of a recorded run: one tanh layer of ``hidden``
+    units (0: logistic regression), L2 on the weights, full-batch L-BFGS in float64 from a seeded
+    start, the features standardised (module docstring). ``rates=False`` leaves out the per-layer
+    firing rates: the model reads the output alone, and its runs count no spikes."""
+    if rates and trace.get("rates") is None:
+        raise ValueError("the learned rule's features include each layer's firing rate: record_run(..., layers=True), "
+                         "or fit_predictor(..., rates=False)")
+    T_max, min_steps, d = check_exit(T_max or trace["S"].shape[0], min_steps, trace.get("readout_start", 0))
+    if target not in TARGETS:
+        raise ValueError(f"unknown exit target {target!r}; one of {', '.join(TARGETS)}")
+    labels = right_until_end(trace, y, T_max) if target == "right" else settled(trace, T_max)
+    rows, targets = [], []
+    progress = Progress(d)
+    for t in range(1, T_max + 1):
+        progress.observe(trace["S"][t - 1], t, trace["rates"][t - 1] if rates else None)
+        if t >= first_allowed(min_steps, d):
+            rows.append(progress.features(rates=rates))
+            targets.append(labels[t - 1].double())
+    layers, mean, std = fit_mlp(torch.cat(rows).cpu(), torch.cat(targets).cpu(), hidden, l2, iterations, seed)
     return ExitPredictor(layers, mean, std, feature_names(trace["rates"].shape[-1] if rates else 0))
 
 

@@ -15,10 +15,16 @@ import time
 
 import torch
 
+from msat.analysis import exits
+from msat.harness.exit_eval import _halves
+from msat.spiking.early_exit import ExitPredictor
+
 torch.set_num_threads(1)
 d = torch.load(sys.argv[1], weights_only=False)  # our own recording
 st = d["stages"] if "stages" in d else d
 held, test = st["held"], st["test"]
+for rec in (held, test):  # the features below assume the readout starts at step 1; a resume file does not say
+    assert rec.setdefault("readout_start", 0) == 0, "feature_ablation.py handles runs without delayed readout only"
 T = 128
 GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 
@@ -99,41 +105,13 @@ def add_rates(X, tr):
 
 
 def settled_labels(tr):
-    top = tr["S"][:T].argmax(-1)
-    ok = top == top[-1]
-    return ok.flip(0).int().cumprod(0).flip(0).bool()
+    return exits.settled(tr, T)
 
 
 def fit(X, Y, l2=1e-3, hidden=0, seed=0):
-    Xf, Yf = X.reshape(-1, X.shape[-1]), Y.reshape(-1).double()
-    mean, std = Xf.mean(0), Xf.std(0).clamp(min=1e-12)
-    Z = (Xf - mean) / std
-    g = torch.Generator().manual_seed(seed)
-    sizes = [Z.shape[1]] + ([hidden] if hidden else []) + [1]
-    params = []
-    for k in range(len(sizes) - 1):
-        w = (torch.randn(sizes[k], sizes[k + 1], generator=g, dtype=torch.float64) / sizes[k] ** 0.5) if k < len(sizes) - 2 \
-            else torch.zeros(sizes[k], sizes[k + 1], dtype=torch.float64)
-        params += [w.requires_grad_(True), torch.zeros(sizes[k + 1], dtype=torch.float64, requires_grad=True)]
-    opt = torch.optim.LBFGS(params, max_iter=300, line_search_fn="strong_wolfe")
-
-    def f(Z):
-        z = Z
-        for k in range(0, len(params), 2):
-            z = z @ params[k] + params[k + 1]
-            if k < len(params) - 2:
-                z = torch.tanh(z)
-        return z[..., 0]
-
-    def loss():
-        opt.zero_grad()
-        v = torch.nn.functional.binary_cross_entropy_with_logits(f(Z), Yf) + l2 * sum((w * w).sum() for w in params[::2])
-        v.backward()
-        return v
-
-    with torch.enable_grad():
-        opt.step(loss)
-    return lambda X: torch.sigmoid(f((X - mean) / std)).detach()
+    """exits.fit_mlp (what fit_predictor fits) on every (step, image) row; returns P(features)."""
+    layers, mean, std = exits.fit_mlp(X.reshape(-1, X.shape[-1]), Y.reshape(-1).double(), hidden, l2, 300, seed)
+    return ExitPredictor(layers, mean, std, [str(i) for i in range(X.shape[-1])]).probability
 
 
 def curve(P, tr):
@@ -150,13 +128,7 @@ def curve(P, tr):
     return res
 
 
-def halves(tr):
-    n = tr["y"].shape[0]
-    c = lambda sl: {"S": tr["S"][:, sl], "rates": tr["rates"][:, sl], "y": tr["y"][sl], "ann_right": tr["ann_right"][sl]}
-    return c(slice(0, n // 2)), c(slice(n // 2, n))
-
-
-fit_tr, sel_tr = halves(held)
+fit_tr, sel_tr = _halves(held)
 ann_sel = 100 * float(sel_tr["ann_right"].double().mean())
 ann_test = 100 * float(test["ann_right"].double().mean())
 print("ann sel", ann_sel, "test", ann_test)
