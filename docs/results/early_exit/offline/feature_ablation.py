@@ -19,13 +19,19 @@ from msat.analysis import exits
 from msat.harness.exit_eval import _halves
 from msat.spiking.early_exit import ExitPredictor
 
-torch.set_num_threads(1)
-d = torch.load(sys.argv[1], weights_only=False)  # our own recording
-st = d["stages"] if "stages" in d else d
-held, test = st["held"], st["test"]
-for rec in (held, test):  # the features below assume the readout starts at step 1; a resume file does not say
-    assert rec.setdefault("readout_start", 0) == 0, "feature_ablation.py handles runs without delayed readout only"
 T = 128
+
+
+def load(path):
+    """The held-out and test records of a recording or a resume file."""
+    d = torch.load(path, weights_only=False)  # our own recording
+    st = d["stages"] if "stages" in d else d
+    held, test = st["held"], st["test"]
+    for rec in (held, test):  # the features below assume the readout starts at step 1; a resume file does not say
+        assert rec.setdefault("readout_start", 0) == 0, "feature_ablation.py handles runs without delayed readout only"
+    return held, test
+
+
 GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.998, 0.999)
 
 
@@ -128,53 +134,66 @@ def curve(P, tr):
     return res
 
 
-fit_tr, sel_tr = _halves(held)
-ann_sel = 100 * float(sel_tr["ann_right"].double().mean())
-ann_test = 100 * float(test["ann_right"].double().mean())
-print("ann sel", ann_sel, "test", ann_test)
 BASE = ["confidence", "margin", "entropy", "log1p_held", "log_t", "window_margin", "window_agrees", "log1p_sum_margin",
         "log1p_changes", "steps_agree"]
+WADV_PROJ = ["wadv8", "wadv16", "wadv32", "proj8", "proj16", "proj32", "projagree8", "projagree16", "projagree32"]
 sets = {
     "base+rates": (BASE, True),
     "base": (BASE, False),
-    "base+wadv+proj+rates": (BASE + ["wadv8", "wadv16", "wadv32", "proj8", "proj16", "proj32", "projagree8", "projagree16", "projagree32"], True),
-    "base+wadv+proj": (BASE + ["wadv8", "wadv16", "wadv32", "proj8", "proj16", "proj32", "projagree8", "projagree16", "projagree32"], False),
+    "base+wadv+proj+rates": (BASE + WADV_PROJ, True),
+    "base+wadv+proj": (BASE + WADV_PROJ, False),
     "all+rates": (None, True),
     "all": (None, False),
 }
-if "--crossfit" in sys.argv[2:]:
-    # The choice on all held-out images instead of one half: a model fitted on each half scores the
-    # other (cross-fitting), the threshold is chosen on the union for a 1-point drop from the ANN on
-    # all held-out images, and a model fitted on all of them is applied to the test images at it.
-    A, B = fit_tr, sel_tr
-    ann_all = 100 * float(held["ann_right"].double().mean())
-    for rates in (True, False):
-        fa = (lambda tr: add_rates(feats(tr, BASE)[0], tr)) if rates else (lambda tr: feats(tr, BASE)[0])
-        pA, pB = fit(fa(A), settled_labels(A)), fit(fa(B), settled_labels(B))
-        cA, cB = curve(pB(fa(A)), A), curve(pA(fa(B)), B)
-        cu = [(a[0], (a[1] + b[1]) / 2, (a[2] + b[2]) / 2) for a, b in zip(cA, cB)]
-        ok = [i for i, c in enumerate(cu) if c[1] >= ann_all - 1]
-        i = min(ok, key=lambda i: cu[i][2]) if ok else max(range(len(cu)), key=lambda i: cu[i][1])
-        ct = curve(fit(fa(held), settled_labels(held))(fa(test)), test)
-        print(f"rates={rates} ann held {ann_all:.1f} crossfit chosen {cu[i][0]} held {cu[i][1]:.1f}@{cu[i][2]:.1f} "
-              f"test {ct[i][1]:.1f}@{ct[i][2]:.1f}")
-    sys.exit(0)
-only = [a for a in sys.argv[2:] if not a.startswith("--")] or list(sets)
-cache = {}
-for name in only:
-    names, rates = sets[name]
-    t0 = time.time()
-    Xf, nm = feats(fit_tr, names)
-    Xs, _ = feats(sel_tr, names)
-    Xt, _ = feats(test, names)
-    if rates:
-        Xf, Xs, Xt = add_rates(Xf, fit_tr), add_rates(Xs, sel_tr), add_rates(Xt, test)
-    for hidden in (0, 16):
-        pr = fit(Xf, settled_labels(fit_tr), hidden=hidden)
-        cs, ct = curve(pr(Xs), sel_tr), curve(pr(Xt), test)
-        ok = [i for i, c in enumerate(cs) if c[1] >= ann_sel - 1]
-        i = min(ok, key=lambda i: cs[i][2]) if ok else max(range(len(cs)), key=lambda i: cs[i][1])
-        print(f"{name} h{hidden} ({time.time()-t0:.0f}s): chosen {cs[i][0]} sel {cs[i][1]:.1f}@{cs[i][2]:.1f} "
-              f"test {ct[i][1]:.1f}@{ct[i][2]:.1f}")
-        print("   test", [(c[0], round(c[1], 1), round(c[2], 1)) for c in ct])
-        sys.stdout.flush()
+
+
+def choose(cs, ann):
+    """The grid index with the fewest mean steps within 1 point of ``ann`` (else the most accurate)."""
+    ok = [i for i, c in enumerate(cs) if c[1] >= ann - 1]
+    return min(ok, key=lambda i: cs[i][2]) if ok else max(range(len(cs)), key=lambda i: cs[i][1])
+
+
+def main(argv):
+    torch.set_num_threads(1)
+    held, test = load(argv[0])
+    fit_tr, sel_tr = _halves(held)
+    ann_sel = 100 * float(sel_tr["ann_right"].double().mean())
+    ann_test = 100 * float(test["ann_right"].double().mean())
+    print("ann sel", ann_sel, "test", ann_test)
+    if "--crossfit" in argv[1:]:
+        # The choice on all held-out images instead of one half: a model fitted on each half scores the
+        # other (cross-fitting), the threshold is chosen on the union for a 1-point drop from the ANN on
+        # all held-out images, and a model fitted on all of them is applied to the test images at it.
+        A, B = fit_tr, sel_tr
+        ann_all = 100 * float(held["ann_right"].double().mean())
+        for rates in (True, False):
+            fa = (lambda tr: add_rates(feats(tr, BASE)[0], tr)) if rates else (lambda tr: feats(tr, BASE)[0])
+            pA, pB = fit(fa(A), settled_labels(A)), fit(fa(B), settled_labels(B))
+            cA, cB = curve(pB(fa(A)), A), curve(pA(fa(B)), B)
+            cu = [(a[0], (a[1] + b[1]) / 2, (a[2] + b[2]) / 2) for a, b in zip(cA, cB)]
+            i = choose(cu, ann_all)
+            ct = curve(fit(fa(held), settled_labels(held))(fa(test)), test)
+            print(f"rates={rates} ann held {ann_all:.1f} crossfit chosen {cu[i][0]} held {cu[i][1]:.1f}@{cu[i][2]:.1f} "
+                  f"test {ct[i][1]:.1f}@{ct[i][2]:.1f}")
+        return
+    only = [a for a in argv[1:] if not a.startswith("--")] or list(sets)
+    for name in only:
+        names, rates = sets[name]
+        t0 = time.time()
+        Xf, nm = feats(fit_tr, names)
+        Xs, _ = feats(sel_tr, names)
+        Xt, _ = feats(test, names)
+        if rates:
+            Xf, Xs, Xt = add_rates(Xf, fit_tr), add_rates(Xs, sel_tr), add_rates(Xt, test)
+        for hidden in (0, 16):
+            pr = fit(Xf, settled_labels(fit_tr), hidden=hidden)
+            cs, ct = curve(pr(Xs), sel_tr), curve(pr(Xt), test)
+            i = choose(cs, ann_sel)
+            print(f"{name} h{hidden} ({time.time()-t0:.0f}s): chosen {cs[i][0]} sel {cs[i][1]:.1f}@{cs[i][2]:.1f} "
+                  f"test {ct[i][1]:.1f}@{ct[i][2]:.1f}")
+            print("   test", [(c[0], round(c[1], 1), round(c[2], 1)) for c in ct])
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
