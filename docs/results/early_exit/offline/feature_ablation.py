@@ -9,7 +9,8 @@ on the other for a 1-point drop, as evaluate.py does; prints the chosen point on
 the test curve. Candidates beyond the rule's own features: the advantage of the top class of S_t in
 the mean of the last 8/16/32 steps' outputs (wadv), S_t extrapolated to T_max with that mean (proj:
 its margin; projagree: whether its argmax is the current one), and the noise of the per-step gap
-between the top two classes (log_sd_gap, z_gap)."""
+between the top two classes (log_sd_gap, z_gap); and (base+class+rates, not in the default list)
+which class leads and every class's mean output minus the leader's."""
 import sys
 import time
 
@@ -106,6 +107,15 @@ def feats(tr, which):
     return X, names
 
 
+def add_classes(X, tr):
+    """Which class leads (one-hot) and every class's mean output minus the leader's: features that
+    let the model learn which classes settle late."""
+    S = tr["S"][:T].double()
+    m = S / torch.arange(1, S.shape[0] + 1, dtype=torch.float64).view(-1, 1, 1)
+    oh = torch.nn.functional.one_hot(S.argmax(-1), S.shape[-1]).double()
+    return torch.cat([X, oh, m - m.amax(-1, keepdim=True)], -1)
+
+
 def add_rates(X, tr):
     return torch.cat([X, tr["rates"][:T].double()], -1)
 
@@ -144,6 +154,7 @@ sets = {
     "base+wadv+proj": (BASE + WADV_PROJ, False),
     "all+rates": (None, True),
     "all": (None, False),
+    "base+class+rates": (BASE, True),  # with add_classes
 }
 
 
@@ -176,7 +187,7 @@ def main(argv):
             print(f"rates={rates} ann held {ann_all:.1f} crossfit chosen {cu[i][0]} held {cu[i][1]:.1f}@{cu[i][2]:.1f} "
                   f"test {ct[i][1]:.1f}@{ct[i][2]:.1f}")
         return
-    only = [a for a in argv[1:] if not a.startswith("--")] or list(sets)
+    only = [a for a in argv[1:] if not a.startswith("--")] or [k for k in sets if "class" not in k]
     for name in only:
         names, rates = sets[name]
         t0 = time.time()
@@ -185,6 +196,8 @@ def main(argv):
         Xt, _ = feats(test, names)
         if rates:
             Xf, Xs, Xt = add_rates(Xf, fit_tr), add_rates(Xs, sel_tr), add_rates(Xt, test)
+        if "class" in name:
+            Xf, Xs, Xt = add_classes(Xf, fit_tr), add_classes(Xs, sel_tr), add_classes(Xt, test)
         for hidden in (0, 16):
             pr = fit(Xf, settled_labels(fit_tr), hidden=hidden)
             cs, ct = curve(pr(Xs), sel_tr), curve(pr(Xt), test)
