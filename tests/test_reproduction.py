@@ -133,6 +133,10 @@ def test_report_labels_tell_variants_apart():
     assert label(dict(method="msat", max_spikes=4, experiment="x")) == "msat, burst 4 (x)"
     assert label(dict(method="msat_burst", max_spikes=5)) == "msat_burst"
     assert label(dict(method="mt-snn", trained_T=2)) == "mt-snn, trained T=2"
+    # the levers a search varies: two runs of one method with other levers get two labels
+    assert label(dict(method="const", balancing="ltb", correction="light", max_spikes=3)) == "const, burst 3, ltb, light correction"
+    assert label(dict(method="ltb", balancing="ltb", readout_start=6)) == "ltb, readout from 7"
+    assert label(dict(method="calibration_light", balancing="max", correction="light", readout_start=0)) == "calibration_light"
 
 
 def test_curve_table_has_columns_for_short_runs():

@@ -49,13 +49,23 @@ def find_results(root: str | Path) -> list[dict]:
 
 
 def label(res: dict) -> str:
-    """The method name, plus what sets this run apart from the method's defaults."""
+    """The method name, plus what sets this run apart from the method's defaults: spike confidence,
+    a burst cap, a balancing other than max-norm, a weight correction and delayed readout (so that
+    two runs of one method with other levers get two labels)."""
     method = str(res.get("method"))
     extras = []
     if _sc_on(res) and "sc" not in method:
         extras.append("+SC")
     if (res.get("max_spikes") or 1) > 1 and "burst" not in method:
         extras.append(f"burst {res['max_spikes']}")
+    balancing = res.get("balancing")
+    if balancing and balancing != "max" and balancing not in method:
+        extras.append(str(balancing))
+    correction = res.get("correction")
+    if correction and correction != "none" and correction not in method:
+        extras.append(f"{correction} correction")
+    if res.get("readout_start"):
+        extras.append(f"readout from {res['readout_start'] + 1}")
     if res.get("quirk_no_reset"):
         extras.append("quirk")
     if res.get("trained_T"):
