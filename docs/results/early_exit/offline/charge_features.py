@@ -26,14 +26,25 @@ import msat
 from msat.conversion.pipeline import Converter
 from msat.harness.checkpoint import load_artifact, load_model
 from msat.harness.data import subset
-from msat.harness.exit_eval import holdout_images
+from msat.harness.exit_eval import _halves, holdout_images
 from msat.harness.reproduce import cifar10_splits
-from msat.spiking.simulation import start_run
+from msat.spiking.early_exit import record_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from feature_ablation import BASE, T, add_rates, choose, curve, feats, fit, load, settled_labels  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[4]
+
+
+class LastCharge:
+    """A step hook: the layer's membrane after each step, in units of ``lam``, max-pooled and read
+    through the classifier's weight ``W``."""
+
+    def __init__(self, W: torch.Tensor):
+        self.W, self.q = W, []
+
+    def on_step(self, neuron, t, theta, fired, emitted) -> None:
+        self.q.append(F.adaptive_max_pool2d(neuron.v * neuron.lam, 1).flatten(1) @ self.W.T)
 
 
 @torch.no_grad()
@@ -45,21 +56,16 @@ def record_charge(folder: Path) -> dict:
     W = ann.classifier.weight.detach()
     splits = cifar10_splits(ROOT.parent / "shared/datasets/cifar10-jpeg")
     sets = {"held": holdout_images(splits, 128, 0, 10, 1000), "test": subset(splits.test, 1000, seed=0)}
-    last = snn.neurons[-1]
+    charge = LastCharge(W)
+    layers = [None] * (len(snn.neurons) - 1) + [charge]  # a step hook on the last spiking layer only
     out = {}
     for name, ds in sets.items():
         S_parts, Q_parts = [], []
         for x, _ in torch.utils.data.DataLoader(ds, batch_size=200, shuffle=False):
-            start_run(snn, x, T, None)
-            S, s_all, q_all = None, [], []
-            for _t in range(T):
-                o = snn.advance(1)[0]
-                S = o.clone() if S is None else S + o
-                s_all.append(S)
-                q_all.append(F.adaptive_max_pool2d(last.v * last.lam, 1).flatten(1) @ W.T)
-            S_parts.append(torch.stack(s_all))
-            Q_parts.append(torch.stack(q_all))
-        snn.reset()
+            charge.q = []
+            with snn.monitor(T, charge=layers):
+                S_parts.append(record_run(snn, x, T)["S"])
+            Q_parts.append(torch.stack(charge.q))
         out[name] = {"S": torch.cat(S_parts, 1), "Q": torch.cat(Q_parts, 1)}
     return out
 
@@ -86,11 +92,9 @@ def main(argv):
     held, test = load(traces)
     for name, rec in (("held", held), ("test", test)):
         assert torch.equal(rec["S"], charge[name]["S"]), f"{name}: the recording's S differs from the traces'"
+    (fit_tr, sel_tr), Qh = _halves(held), charge["held"]["Q"]
     n = held["y"].shape[0]
-    halves = [slice(0, n // 2), slice(n // 2, n)]
-    cut = lambda sl: ({"S": held["S"][:, sl], "rates": held["rates"][:, sl], "y": held["y"][sl],  # noqa: E731
-                       "ann_right": held["ann_right"][sl]}, charge["held"]["Q"][:, sl])
-    (fit_tr, fit_q), (sel_tr, sel_q) = cut(halves[0]), cut(halves[1])
+    fit_q, sel_q = Qh[:, : n // 2], Qh[:, n // 2:]  # the charge cut as _halves cuts the records
     ann_sel = 100 * float(sel_tr["ann_right"].double().mean())
     print("ann sel", ann_sel, "test", 100 * float(test["ann_right"].double().mean()))
     for name, with_charge, rates in (("base+rates", False, True), ("base+charge+rates", True, True),
