@@ -367,6 +367,9 @@ def test_a_new_threshold_rule_is_one_registered_class():
         torch.testing.assert_close(msat.simulate(snn, x, 12), msat.simulate(ref, x, 12), rtol=0, atol=0)
     finally:
         THRESHOLD_RULES.pop("test_halving", None)
+    assert Halving.name == "test_halving"
+    with pytest.raises(ValueError, match="non-empty name"):
+        register_rule("")
 
 
 @pytest.mark.e2e

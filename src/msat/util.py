@@ -1,9 +1,9 @@
 """Small helpers that every part of the package uses: the input tensors of a data iterable, a progress
-bar, the device and dtype of a module."""
+bar, the device and dtype of a module, and the registries of named classes."""
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from torch import nn
@@ -42,3 +42,23 @@ def progress_bar(it, total, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(it, total=total, desc=desc, leave=False, disable=None)
+
+
+def registrar(table: dict, what: str, doc: Optional[str] = None) -> Callable[[str], Callable[[type], type]]:
+    """``register(name)``, a class decorator that files a class in ``table`` under ``name`` and sets
+    its ``name`` attribute (``doc``: its docstring): the registries of threshold rules, balancings,
+    corrections and exit rules."""
+
+    def register(name: str):
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a {what} is registered under a non-empty name, got {name!r}")
+
+        def deco(cls):
+            cls.name = name
+            table[name] = cls
+            return cls
+
+        return deco
+
+    register.__doc__ = doc or f"Class decorator: make a {what} available under ``name``."
+    return register

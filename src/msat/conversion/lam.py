@@ -26,7 +26,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..util import batches, device_of, progress_bar
+from ..util import batches, device_of, progress_bar, registrar
 from .prepare import ConversionError, Observing, ReLUSite, relu_sites
 
 
@@ -250,15 +250,8 @@ QCFS_CONTRADICTION = ("a QCFS net carries its trained lam; percentile, channelwi
 BALANCING: dict[str, type["Balancing"]] = {}
 
 
-def register_balancing(name: str):
-    """Class decorator: make a :class:`Balancing` available as a recipe's ``balancing=name``."""
-
-    def deco(cls):
-        cls.name = name
-        BALANCING[name] = cls
-        return cls
-
-    return deco
+register_balancing = registrar(BALANCING, "balancing",
+                               "Class decorator: make a :class:`Balancing` available as a recipe's ``balancing=name``.")
 
 
 class Balancing:

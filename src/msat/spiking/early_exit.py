@@ -40,6 +40,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 
+from ..util import registrar
 from .network import SpikingNetwork
 from .simulation import check_readout_start, check_T, start_run
 
@@ -158,13 +159,8 @@ class Progress:
 EXIT_RULES: dict[str, type["ExitRule"]] = {}
 
 
-def register_exit_rule(name: str):
-    def deco(cls):
-        cls.name = name
-        EXIT_RULES[name] = cls
-        return cls
-
-    return deco
+register_exit_rule = registrar(EXIT_RULES, "exit rule",
+                               "Class decorator: make an :class:`ExitRule` available as ``rule=name``.")
 
 
 class ExitRule:

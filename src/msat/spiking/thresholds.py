@@ -11,6 +11,8 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from ..util import registrar
+
 HPARAM_KEYS = ("alpha", "k_a", "k_i", "C", "tau_mp", "tau_rd")
 
 
@@ -28,15 +30,8 @@ _EXP_FLOOR = -60.0
 THRESHOLD_RULES: dict[str, type["ThresholdRule"]] = {}
 
 
-def register_rule(name: str):
-    """Class decorator: make a :class:`ThresholdRule` available as ``method=name``."""
-
-    def deco(cls):
-        cls.name = name
-        THRESHOLD_RULES[name] = cls
-        return cls
-
-    return deco
+register_rule = registrar(THRESHOLD_RULES, "threshold rule",
+                          "Class decorator: make a :class:`ThresholdRule` available as ``method=name``.")
 
 
 class ThresholdRule:

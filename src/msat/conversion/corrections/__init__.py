@@ -22,20 +22,13 @@ import torch
 
 from ...spiking.network import SpikingNetwork
 from ...spiking.simulation import iterate_steps
-from ...util import batches, device_of
+from ...util import batches, device_of, registrar
 
 CORRECTIONS: dict[str, type["Correction"]] = {}
 
 
-def register_correction(name: str):
-    """Class decorator: make a :class:`Correction` available as a recipe's ``correction=name``."""
-
-    def deco(cls):
-        cls.name = name
-        CORRECTIONS[name] = cls
-        return cls
-
-    return deco
+register_correction = registrar(
+    CORRECTIONS, "correction", "Class decorator: make a :class:`Correction` available as a recipe's ``correction=name``.")
 
 
 class Correction:
