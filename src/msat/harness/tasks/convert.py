@@ -17,11 +17,11 @@ from ...conversion.sin import resolve_sc, sin_statistics
 from ..artifacts import sin_record, sin_summary
 from ..checkpoint import FORMAT_VERSION, atomic_save, load_ann
 from ..data import build_splits, make_loader
-from ..distributed import cleanup, init_distributed, resolve_device
+from ..distributed import resolve_device
 from ..evaluation import fingerprint
 from ..settings import ConvertSettings, convert_settings, plain
-from ..tracking import git_commit, hardware, log_conversion, wandb_run
-from .hydra_utils import cfg_model_spec, check_splits, ckpt_path, job_command, output_dir, resolved_config
+from ..tracking import git_commit, hardware, log_conversion
+from .hydra_utils import cfg_model_spec, check_splits, ckpt_path, job_command, output_dir, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,7 @@ def calibration_loader(splits, batch_size: int, seed: int, num_workers: int = 0,
 def run_convert(cfg: DictConfig) -> dict:
     """Calibrate lam, measure SIN and spike confidence, save the conversion artifact (convert.py)."""
     git_commit()  # the code this process loaded, recorded by every stage it runs
-    s = convert_settings(cfg)
-    info = init_distributed(cfg.device)
-    try:
-        name = f"convert-{cfg.dataset.name}-{cfg.model.name}-{cfg.method.name}"
-        with wandb_run(cfg.wandb, resolved_config(cfg), "convert", output_dir(cfg), name, enabled=info.is_main) as tr:
-            return convert_stage(cfg, tr, info, s)
-    finally:
-        cleanup(info)
+    return run_stage(cfg, "convert", "convert", convert_stage, convert_settings(cfg))
 
 
 def convert_stage(cfg: DictConfig, tr, info, s: ConvertSettings, dtype: torch.dtype = torch.float32) -> dict:

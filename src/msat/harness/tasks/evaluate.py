@@ -24,16 +24,16 @@ from ...spiking.simulation import resolve_chunk, resolve_compile
 from ..artifacts import save_predictions
 from ..checkpoint import CheckpointError, load_ann, load_artifact
 from ..data import build_splits, subset
-from ..distributed import barrier, cleanup, init_distributed, resolve_device
+from ..distributed import barrier, resolve_device
 from ..evaluation import evaluate_snn, fingerprint, summarize, summarize_curve
 from ..plots import plot_error_maps
 from ..report import format_curve_table, interval_table
 from ..settings import EvalSettings, eval_settings, plain
-from ..tracking import git_commit, hardware, log_evaluation, wandb_run
+from ..tracking import git_commit, hardware, log_evaluation
 from .convert import artifact_path, calibration_loader, convert_stage
 from .evaluate_exit import exit_stage
 from .evaluate_mt import run_evaluate_mt
-from .hydra_utils import cfg_model_spec, check_splits, ckpt_path, experiment_name, job_command, output_dir, resolved_config
+from .hydra_utils import cfg_model_spec, check_splits, ckpt_path, experiment_name, job_command, output_dir, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     if "snn" in cfg:
         return run_evaluate_mt(cfg)
     git_commit()  # the code this process loaded, recorded by every stage it runs
-    s = eval_settings(cfg)
-    info = init_distributed(cfg.device)
-    try:
-        name = f"eval-{cfg.dataset.name}-{cfg.model.name}-{cfg.method.name}"
-        with wandb_run(cfg.wandb, resolved_config(cfg), "evaluate", output_dir(cfg), name, enabled=info.is_main) as tr:
-            return evaluate_stage(cfg, tr, info, s)
-    finally:
-        cleanup(info)
+    return run_stage(cfg, "evaluate", "eval", evaluate_stage, eval_settings(cfg))
 
 
 @dataclasses.dataclass

@@ -1,4 +1,5 @@
-"""What the task modules share: the error wrapper, output paths, the job command, config views.
+"""What the task modules share: the error wrapper, output paths, the job command, config views,
+and the frame of a converted net's stage (distributed setup, W&B run, clean-up).
 
 Only the tasks read the whole Hydra config; they hand plain arguments or one sub-config to
 the library.
@@ -11,13 +12,15 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from .. import config as _config  # noqa: F401  (registers the schemas and resolvers)
 from ..checkpoint import model_spec
+from ..distributed import cleanup, init_distributed
+from ..tracking import wandb_run
 from ..training import TrainingInterrupted
 
 log = logging.getLogger("msat")
@@ -53,6 +56,19 @@ def resolved_config(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=False)
     c.get("paths", {}).pop("output_dir", None)
     return OmegaConf.to_container(OmegaConf.create(c), resolve=True)
+
+
+def run_stage(cfg: DictConfig, job: str, prefix: str, stage: Callable[..., dict], settings: Any) -> dict:
+    """``stage(cfg, tracker, info, settings)`` inside the process group and the W&B run
+    ``{prefix}-{dataset}-{model}-{method}`` of job ``job``, the group cleaned up however it ends
+    (convert.py and evaluate.py)."""
+    info = init_distributed(cfg.device)
+    try:
+        name = f"{prefix}-{cfg.dataset.name}-{cfg.model.name}-{cfg.method.name}"
+        with wandb_run(cfg.wandb, resolved_config(cfg), job, output_dir(cfg), name, enabled=info.is_main) as tr:
+            return stage(cfg, tr, info, settings)
+    finally:
+        cleanup(info)
 
 
 def ckpt_path(cfg: DictConfig, name: str) -> Path:
