@@ -29,3 +29,6 @@ wait
 # the QCFS net of docs/results/cifar10 (its own ANN: fine-tuned with QCFS activations, L = 4)
 run qcfs 128 method=qcfs model.activation=qcfs model.levels=4 model.lam_init=2.0 \
   calibration.checkpoint=$PWD/docs/results/cifar10/vgg16_qcfs4_w0.25.pt
+# LTB with at most 2 spikes a step and SNN Calibration light aimed at T = 12: the conversion whose learned
+# rule meets issue 31's first goal (docs/results/early_exit/README.md, "A conversion aimed at early exit")
+run ltb_burst2_light12 128 method=ltb method.max_spikes=2 method.correction=light method.correction_T=12
