@@ -22,6 +22,7 @@ from msat.analysis import exits
 from msat.analysis.stats import mcnemar, wilson_interval
 from msat.conversion.pipeline import Converter
 from msat.harness.checkpoint import load_artifact, load_model
+from msat.harness.data import subset
 from msat.harness.exit_eval import record
 from msat.harness.reproduce import cifar10_splits
 from msat.spiking.early_exit import ExitPredictor, make_exit_rule, replay
@@ -30,9 +31,8 @@ DATA = Path(__file__).resolve().parents[5] / "shared/datasets/cifar10-jpeg"
 
 
 def complement(ds, n: int, seed: int):
-    """The images of ``ds`` outside ``subset(ds, n, seed)`` (msat.harness.data.subset's draw)."""
-    g = torch.Generator().manual_seed(seed)
-    used = set(torch.randperm(len(ds), generator=g)[:n].tolist())
+    """The images of ``ds`` outside the run's test subset (``subset(ds, n, seed)``)."""
+    used = set(subset(ds, n, seed).indices)
     return torch.utils.data.Subset(ds, [i for i in range(len(ds)) if i not in used])
 
 
