@@ -137,6 +137,12 @@ def test_report_labels_tell_variants_apart():
     assert label(dict(method="const", balancing="ltb", correction="light", max_spikes=3)) == "const, burst 3, ltb, light correction"
     assert label(dict(method="ltb", balancing="ltb", readout_start=6)) == "ltb, readout from 7"
     assert label(dict(method="calibration_light", balancing="max", correction="light", readout_start=0)) == "calibration_light"
+    # the correction's target T, where it is not the correction's default (32 for light)
+    assert label(dict(method="ltb", balancing="ltb", correction="light", correction_T=32, max_spikes=2)) == \
+        "ltb, burst 2, light correction"
+    assert label(dict(method="ltb", balancing="ltb", correction="light", correction_T=12, max_spikes=2)) == \
+        "ltb, burst 2, light correction for T=12"
+    assert label(dict(method="calibration_light", correction="light", correction_T=16)) == "calibration_light, correction for T=16"
 
 
 def test_curve_table_has_columns_for_short_runs():

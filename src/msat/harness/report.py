@@ -21,6 +21,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ..analysis.errors import first_layer_over
 from ..analysis.stats import holm, mcnemar, verdict, wilson_interval
+from ..conversion.corrections import CORRECTIONS
 from .artifacts import load_predictions
 from .evaluation import REPORT_STEPS
 
@@ -50,8 +51,9 @@ def find_results(root: str | Path) -> list[dict]:
 
 def label(res: dict) -> str:
     """The method name, plus what sets this run apart from the method's defaults: spike confidence,
-    a burst cap, a balancing other than max-norm, a weight correction and delayed readout (so that
-    two runs of one method with other levers get two labels)."""
+    a burst cap, a balancing other than max-norm, a weight correction (and its target T where it is
+    not the correction's default) and delayed readout (so that two runs of one method with other
+    levers get two labels)."""
     method = str(res.get("method"))
     extras = []
     if _sc_on(res) and "sc" not in method:
@@ -62,8 +64,13 @@ def label(res: dict) -> str:
     if balancing and balancing != "max" and balancing not in method:
         extras.append(str(balancing))
     correction = res.get("correction")
-    if correction and correction != "none" and correction not in method:
-        extras.append(f"{correction} correction")
+    if correction and correction != "none":
+        text = f"{correction} correction" if correction not in method else ""
+        target, default = res.get("correction_T"), getattr(CORRECTIONS.get(correction), "default_T", None)
+        if target and target != default:  # aimed at another T than the correction's own default
+            text = f"{text or 'correction'} for T={target}"
+        if text:
+            extras.append(text)
     if res.get("readout_start"):
         extras.append(f"readout from {res['readout_start'] + 1}")
     if res.get("quirk_no_reset"):
