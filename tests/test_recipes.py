@@ -69,14 +69,15 @@ def test_reproduce_search_and_the_gpu_plan_run_registered_recipes(tmp_path):
     the recipe it stands for; the GPU plan's labels are recipes of the registry."""
     from msat.harness.gpu.stages import EVAL_METHODS
     from msat.harness.reproduce import METHODS as LABELS
-    from msat.harness.search import GRID, candidate_overrides, candidate_recipe, candidates
+    from msat.harness.search import GRID, candidate_overrides, candidate_recipe, candidates, parse_levers
 
     for label, overrides in LABELS.items():
         cfg = compose(["model=vgg16", *[o for o in overrides if o.startswith(("method", "calibration"))]], tmp_path)
         recipe = recipe_from_config(cfg.method, cfg.calibration)
         base = msat.METHODS[overrides[0].split("=")[1]].for_model("vgg16").canonical()
         assert set(recipe.differences(base)) <= {"num_batches", "v_init", "percentile", "balancing"}, label
-    for c in candidates(GRID):
+    optional = parse_levers(["percentile=1.0", "v_init=0.5", "extra=burst2_light,burst3_light", "correction_T=12"])
+    for c in candidates(GRID) + candidates(optional):
         cfg = compose(["model=vgg16", *candidate_overrides(c)], tmp_path)
         assert _data_free(recipe_from_config(cfg.method, cfg.calibration)) == \
             _data_free(candidate_recipe(c, "vgg16").canonical()), c

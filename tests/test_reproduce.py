@@ -52,6 +52,26 @@ def test_search_ranks_on_held_out_accuracy_and_maps_to_overrides():
                  "calibration.passes=20"]
 
 
+def test_search_takes_the_light_corrections_target_and_burst_with_light_on_request():
+    """Outside the default grid: --levers correction_T=... aims the light correction at other T
+    (one candidate per T for corrected candidates only), and extra=burst2_light combines a burst
+    cap with it; the default grid's names and overrides do not change."""
+    from msat.harness.search import GRID, candidate_name, candidate_overrides, candidates, parse_levers
+
+    default = candidates(parse_levers([]))
+    assert len(default) == len(candidates(GRID)) == 60
+    assert all("cT" not in candidate_name(c) for c in default)
+    grid = parse_levers(["threshold=const", "percentile=1.0", "v_init=0.5", "extra=none,burst2_light", "balancing=ltb",
+                         "correction_T=12,32"])
+    names = [candidate_name(c) for c in candidates(grid)]
+    assert names == ["const_p1.0_v0.5_none_ltb", "const_p1.0_v0.5_burst2_light_ltb_cT12", "const_p1.0_v0.5_burst2_light_ltb"]
+    c = candidates(grid)[1]
+    assert candidate_overrides(c)[-3:] == ["method.max_spikes=2", "method.correction=light", "method.correction_T=12"]
+    for bad, match in (("correction_T=0", "T is >= 1"), ("correction_T=twelve", "not int"), ("extra=burst4_light", "unknown")):
+        with pytest.raises(SystemExit, match=match):
+            parse_levers([bad])
+
+
 def test_a_run_with_other_settings_is_neither_reused_nor_gathered(tmp_path, monkeypatch):
     """A label's run dir left by another definition of the label (an earlier search's winner
     under the same name) must be rerun, not reused."""

@@ -8,7 +8,9 @@ the best candidate per T; ``python -m msat.reproduce --search <out>/search.json`
 evaluates those on the fixed test subset beside every other method, with paired tests.
 
 The grid (``GRID``) is the product of its lever values; ``--levers`` narrows it, e.g.
-``--levers threshold=msat,const percentile=1.0``.
+``--levers threshold=msat,const percentile=1.0``, and reaches the levers outside it (``OPTIONAL``):
+a burst cap with the light correction (``extra=burst2_light,burst3_light``) and the light
+correction's target T (``correction_T=8,12,16,32``; 32 by default).
 """
 
 from __future__ import annotations
@@ -42,17 +44,29 @@ GRID: dict[str, list[Any]] = {
 }
 LTB_PASSES = 20  # as conf/config.yaml calibration.passes
 CORRECTION_T = METHODS["calibration_light"].correction_T  # the target steps of the light correction
+# levers outside the default grid, for --levers: burst caps with the light correction, and the light
+# correction's target T (only candidates with a correction take it)
+OPTIONAL = {"extra": ["burst2_light", "burst3_light"], "correction_T": [CORRECTION_T]}
 RANK_AT = (16, 32, 64)
 # what each "extra" lever changes in a recipe
 EXTRAS = {"none": {}, "burst": {"max_spikes": 5}, "burst2": {"max_spikes": 2}, "burst3": {"max_spikes": 3},
-          "light": {"correction": "light", "correction_T": CORRECTION_T}}
+          "light": {"correction": "light"}, "burst2_light": {"max_spikes": 2, "correction": "light"},
+          "burst3_light": {"max_spikes": 3, "correction": "light"}}
+
+
+def _extras(c: dict) -> dict:
+    """What the candidate's "extra" lever sets in a recipe; a correction aimed at its correction_T."""
+    e = dict(EXTRAS[c["extra"]])
+    if "correction" in e:
+        e["correction_T"] = int(c.get("correction_T", CORRECTION_T))
+    return e
 
 
 def candidate_recipe(c: dict, arch: str) -> Recipe:
     """The recipe of a candidate, for the architecture's Table 2 row. A light correction measures
     on one calibration batch (``num_batches=1``), as evaluate.py's default."""
     r = METHODS[c["threshold"]].for_model(arch).replace(percentile=float(c["percentile"]), v_init=float(c["v_init"]),
-                                                        **EXTRAS[c["extra"]])
+                                                        **_extras(c))
     if c.get("balancing", "max") == "ltb":
         r = r.replace(balancing="ltb", passes=LTB_PASSES)
     return r.replace(num_batches=1) if r.correction else r
@@ -64,32 +78,48 @@ def candidate_overrides(c: dict) -> list[str]:
     o = [f"method={c['threshold']}", f"calibration.percentile={c['percentile']}", f"method.v_init={c['v_init']}"]
     if c.get("balancing", "max") == "ltb":
         o += ["calibration.balancing=ltb", f"calibration.passes={LTB_PASSES}"]
-    o += [f"{OVERRIDES[k]}={v}" for k, v in EXTRAS[c["extra"]].items()]
+    o += [f"{OVERRIDES[k]}={v}" for k, v in _extras(c).items()]
     return o
 
 
 def candidate_name(c: dict) -> str:
+    """``<threshold>_p<percentile>_v<v_init>_<extra>[_ltb][_cT<correction_T>]``; the last only for a
+    correction aimed at another T than the default 32, so the default grid's names stay as they were."""
     name = f"{c['threshold']}_p{c['percentile']}_v{c['v_init']}_{c['extra']}"
-    return name + "_ltb" if c.get("balancing", "max") == "ltb" else name
+    name = name + "_ltb" if c.get("balancing", "max") == "ltb" else name
+    target = _extras(c).get("correction_T", CORRECTION_T)
+    return name + f"_cT{target}" if target != CORRECTION_T else name
 
 
 def candidates(grid: dict) -> list[dict]:
-    """The product of the grid's lever values, less the contradictory ones (LTB with a percentile)."""
-    combos = [dict(zip(GRID, values)) for values in itertools.product(*(grid[k] for k in GRID))]
-    return [c for c in combos if not (c["balancing"] == "ltb" and c["percentile"] < 1.0)]
+    """The product of the grid's lever values, less the contradictory ones (LTB with a percentile)
+    and the repeats (a candidate without a correction takes only the first correction_T)."""
+    keys = list(GRID) + ["correction_T"]
+    targets = grid.get("correction_T", OPTIONAL["correction_T"])
+    combos = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in GRID), targets)]
+    return [c for c in combos if not (c["balancing"] == "ltb" and c["percentile"] < 1.0)
+            and ("correction" in EXTRAS[c["extra"]] or c["correction_T"] == targets[0])]
 
 
 def parse_levers(items: list[str]) -> dict[str, list[Any]]:
+    """The grid narrowed (or, for the levers of ``OPTIONAL``, widened) by ``key=v1,v2`` items."""
     grid = {k: list(v) for k, v in GRID.items()}
+    grid["correction_T"] = list(OPTIONAL["correction_T"])
+    keys = list(grid)
     for item in items:
         key, _, values = item.partition("=")
-        if key not in GRID or not values:
-            raise SystemExit(f"--levers takes key=v1,v2 with key in {', '.join(GRID)}; got {item!r}")
-        cast = float if key in ("percentile", "v_init") else str
-        grid[key] = [cast(v) for v in values.split(",")]
-        bad = [v for v in grid[key] if key in ("threshold", "extra", "balancing") and v not in GRID[key]]
+        if key not in keys or not values:
+            raise SystemExit(f"--levers takes key=v1,v2 with key in {', '.join(keys)}; got {item!r}")
+        cast = float if key in ("percentile", "v_init") else int if key == "correction_T" else str
+        try:
+            grid[key] = [cast(v) for v in values.split(",")]
+        except ValueError:
+            raise SystemExit(f"--levers {key}: {values!r} are not {cast.__name__} values") from None
+        allowed = GRID.get(key, []) + OPTIONAL.get(key, []) if key in ("threshold", "extra", "balancing") else None
+        bad = [v for v in grid[key] if (allowed is not None and v not in allowed) or (key == "correction_T" and v < 1)]
         if bad:
-            raise SystemExit(f"--levers {key}: unknown value(s) {bad}; choose from {GRID[key]}")
+            raise SystemExit(f"--levers {key}: unknown value(s) {bad}; "
+                             + (f"choose from {allowed}" if allowed is not None else "a correction's T is >= 1"))
     return grid
 
 
