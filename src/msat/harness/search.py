@@ -8,9 +8,10 @@ the best candidate per T; ``python -m msat.reproduce --search <out>/search.json`
 evaluates those on the fixed test subset beside every other method, with paired tests.
 
 The grid (``GRID``) is the product of its lever values; ``--levers`` narrows it, e.g.
-``--levers threshold=msat,const percentile=1.0``, and reaches the levers outside it (``OPTIONAL``):
-a burst cap with the light correction (``extra=burst2_light,burst3_light``) and the light
-correction's target T (``correction_T=8,12,16,32``; 32 by default).
+``--levers threshold=msat,const percentile=1.0``, and reaches the levers outside it: a burst cap
+with the light correction (``extra=burst2_light,burst3_light``, ``OPTIONAL_EXTRAS``) and the light
+correction's target T (``correction_T=8,12,16,32``; 32 by default; only candidates with a
+correction take it).
 """
 
 from __future__ import annotations
@@ -44,9 +45,8 @@ GRID: dict[str, list[Any]] = {
 }
 LTB_PASSES = 20  # as conf/config.yaml calibration.passes
 CORRECTION_T = METHODS["calibration_light"].correction_T  # the target steps of the light correction
-# levers outside the default grid, for --levers: burst caps with the light correction, and the light
-# correction's target T (only candidates with a correction take it)
-OPTIONAL = {"extra": ["burst2_light", "burst3_light"], "correction_T": [CORRECTION_T]}
+# "extra" values outside the default grid, for --levers: burst caps with the light correction
+OPTIONAL_EXTRAS = ["burst2_light", "burst3_light"]
 RANK_AT = (16, 32, 64)
 # what each "extra" lever changes in a recipe
 EXTRAS = {"none": {}, "burst": {"max_spikes": 5}, "burst2": {"max_spikes": 2}, "burst3": {"max_spikes": 3},
@@ -95,16 +95,16 @@ def candidates(grid: dict) -> list[dict]:
     """The product of the grid's lever values, less the contradictory ones (LTB with a percentile)
     and the repeats (a candidate without a correction takes only the first correction_T)."""
     keys = list(GRID) + ["correction_T"]
-    targets = grid.get("correction_T", OPTIONAL["correction_T"])
+    targets = grid.get("correction_T", [CORRECTION_T])
     combos = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in GRID), targets)]
     return [c for c in combos if not (c["balancing"] == "ltb" and c["percentile"] < 1.0)
             and ("correction" in EXTRAS[c["extra"]] or c["correction_T"] == targets[0])]
 
 
 def parse_levers(items: list[str]) -> dict[str, list[Any]]:
-    """The grid narrowed (or, for the levers of ``OPTIONAL``, widened) by ``key=v1,v2`` items."""
+    """The grid narrowed (or, for ``OPTIONAL_EXTRAS`` and ``correction_T``, widened) by ``key=v1,v2`` items."""
     grid = {k: list(v) for k, v in GRID.items()}
-    grid["correction_T"] = list(OPTIONAL["correction_T"])
+    grid["correction_T"] = [CORRECTION_T]
     keys = list(grid)
     for item in items:
         key, _, values = item.partition("=")
@@ -115,7 +115,7 @@ def parse_levers(items: list[str]) -> dict[str, list[Any]]:
             grid[key] = [cast(v) for v in values.split(",")]
         except ValueError:
             raise SystemExit(f"--levers {key}: {values!r} are not {cast.__name__} values") from None
-        allowed = GRID.get(key, []) + OPTIONAL.get(key, []) if key in ("threshold", "extra", "balancing") else None
+        allowed = GRID[key] + (OPTIONAL_EXTRAS if key == "extra" else []) if key in ("threshold", "extra", "balancing") else None
         bad = [v for v in grid[key] if (allowed is not None and v not in allowed) or (key == "correction_T" and v < 1)]
         if bad:
             raise SystemExit(f"--levers {key}: unknown value(s) {bad}; "
