@@ -14,7 +14,6 @@ times each; prints the medians and their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,18 +23,14 @@ import torch
 
 import msat
 from msat.analysis.exits import fixed_steps_for
-from msat.conversion.pipeline import Converter
-from msat.harness.checkpoint import load_artifact, load_model
+from msat.harness.artifacts import restore_run
 from msat.harness.data import subset
 from msat.harness.reproduce import cifar10_splits
 from msat.spiking.early_exit import ExitPredictor, make_exit_rule
 
 
 def load_run(folder: Path, rule: str):
-    res = json.loads((folder / "results.json").read_text())
-    model = load_model(res["ann_checkpoint"])
-    art = load_artifact(res["artifact"], res["ann_sha256"])
-    _, snn = Converter(msat.Recipe.from_dict(art["recipe"])).restore(model, art)
+    res, _, snn = restore_run(folder)
     if res.get("sc"):
         sc = res["sc"]
         snn.configure_sc(sc["p"], sc["early_steps"], sc["layers"], sc["reset"], sc["seeds"][0])

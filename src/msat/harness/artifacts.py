@@ -1,16 +1,19 @@
 """What runs write besides results.json, and how it is read back: the SIN record of a conversion
-artifact, and the per-image predictions of an evaluation (for paired tests)."""
+artifact, the per-image predictions of an evaluation (for paired tests), and a run folder's nets."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
 
+from ..conversion.pipeline import Converter
+from ..conversion.recipe import Recipe
 from ..spiking.monitors import SINMonitor
-from .checkpoint import CheckpointError, atomic_save, safe_load
+from .checkpoint import CheckpointError, atomic_save, load_artifact, load_model, safe_load
 
 
 # ----------------------------------------------------------------- stored statistics (convert.py)
@@ -63,3 +66,14 @@ def load_predictions(res: dict) -> Optional[dict]:
         print(f"warning: {path} does not match its results.json; its run gets no paired test", file=sys.stderr)
         return None
     return {"steps": [int(t) for t in pred["steps"]], "correct": correct.bool()}
+
+
+# ----------------------------------------------------------------- a finished run's nets
+def restore_run(folder: str | Path) -> tuple[dict, torch.nn.Module, Any]:
+    """An ``evaluate.py`` run folder's results.json and its (prepared ANN, SNN), rebuilt on the CPU
+    in float32 from the ANN checkpoint and the conversion artifact the results name (for scripts
+    that rerun or time a finished run)."""
+    res = json.loads((Path(folder) / "results.json").read_text())
+    art = load_artifact(res["artifact"], res["ann_sha256"])
+    ann, snn = Converter(Recipe.from_dict(art["recipe"])).restore(load_model(res["ann_checkpoint"]), art)
+    return res, ann, snn

@@ -15,16 +15,13 @@ top-2 of ``R_t / t`` for the class order of ``S_t``, max softmax of ``R_t / t``,
 R_t == argmax S_t``, and the charge's own advantage of the top class) and prints the chosen point
 and the test curve beside the rule without them. CHARGE.pt: where the recording is kept (and read
 from, when it exists)."""
-import json
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-import msat
-from msat.conversion.pipeline import Converter
-from msat.harness.checkpoint import load_artifact, load_model
+from msat.harness.artifacts import restore_run
 from msat.harness.data import subset
 from msat.harness.exit_eval import _halves, holdout_images
 from msat.harness.reproduce import cifar10_splits
@@ -49,9 +46,7 @@ class LastCharge:
 
 @torch.no_grad()
 def record_charge(folder: Path) -> dict:
-    res = json.loads((folder / "results.json").read_text())
-    art = load_artifact(res["artifact"], res["ann_sha256"])
-    ann, snn = Converter(msat.Recipe.from_dict(art["recipe"])).restore(load_model(res["ann_checkpoint"]), art)
+    res, ann, snn = restore_run(folder)
     assert int(res["readout_start"]) == 0 and res.get("sc") is None, "runs without delayed readout or SC only"
     W = ann.classifier.weight.detach()
     splits = cifar10_splits(ROOT.parent / "shared/datasets/cifar10-jpeg")

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import torch
 
-import msat
 from msat.analysis import exits
 from msat.analysis.stats import mcnemar, wilson_interval
-from msat.conversion.pipeline import Converter
-from msat.harness.checkpoint import load_artifact, load_model
+from msat.harness.artifacts import restore_run
 from msat.harness.data import subset
 from msat.harness.exit_eval import record
 from msat.harness.reproduce import cifar10_splits
@@ -37,12 +35,9 @@ def complement(ds, n: int, seed: int):
 
 
 def confirm(folder: Path, splits) -> dict:
-    res = json.loads((folder / "results.json").read_text())
+    res, ann, snn = restore_run(folder)
     ex = res["exit"]
     learned = ex["rules"]["learned"]
-    model = load_model(res["ann_checkpoint"])
-    art = load_artifact(res["artifact"], res["ann_sha256"])
-    ann, snn = Converter(msat.Recipe.from_dict(art["recipe"])).restore(model, art)
     rule = make_exit_rule("learned", learned["threshold"], ExitPredictor.from_dict(learned["predictor"]))
     images = complement(splits.test, int(res["n_samples"]), int(res.get("subset_seed", 0)))
     T, d = int(ex["T_max"]), int(res["readout_start"])
