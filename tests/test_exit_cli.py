@@ -2,7 +2,9 @@
 the fixed run, resume after a crash, the report, bad settings; and the compiled neuron under a
 shrinking batch."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,8 @@ from msat.harness.report import main as report_main
 from msat.harness.settings import eval_settings
 from msat.harness.tasks import run_evaluate
 from tables import markdown_table
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EXIT = ["experiment=demo", "eval.max_samples=40", "eval.batch_size=16", "eval.T=40", "eval.checkpoints=[16,32]",
         "calibration.num_batches=2", "sin.enabled=false", "eval.plots=false", "method=msat", "sim.dtype=float64",
@@ -66,6 +70,19 @@ def test_evaluate_with_early_exit_records_every_rule_and_matches_the_fixed_run(c
     table = markdown_table((tmp_path / "r" / "report.md").read_text(), "run", "rule")
     assert {row["rule"] for row in table.rows} == set(msat.EXIT_RULES)
     assert (tmp_path / "r" / "report_plots").glob("*_exit.png")
+    # the wall-time benchmark rebuilds the run (net, rule, dtype, test images) and makes its decisions
+    bench = _load_benchmark().measure(ckpt_root / "out", "learned", images=40, rounds=1, batch_size=16)
+    assert torch.equal(bench["pred"], pred["exits"]["learned"]["pred"])
+    assert torch.equal(bench["steps"], pred["exits"]["learned"]["steps"])
+    assert bench["adaptive_acc"] == pytest.approx(ex["rules"]["learned"]["accuracy"])
+    assert 1 <= bench["fixed_T"] <= 40 and bench["fixed_s"] > 0 and bench["adaptive_s"] > 0
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("bench_early_exit", ROOT / "benchmarks" / "early_exit.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.e2e
@@ -125,3 +142,10 @@ def test_a_shrinking_batch_does_not_recompile_the_neuron_for_every_size():
     assert sorted(res.steps.tolist()) == list(range(1, 33))
     assert counters["stats"]["unique_graphs"] - before == warm
     assert msat.spiking.fused.compile_status()["ran_compiled"]
+
+
+def test_a_run_without_a_recorded_dataset_cannot_rebuild_its_test_images():
+    from msat.harness.artifacts import run_test_images
+
+    with pytest.raises(ValueError, match="records no dataset_config"):
+        run_test_images({"n_samples": 10, "subset_seed": 0})

@@ -14,6 +14,7 @@ from ..conversion.pipeline import Converter
 from ..conversion.recipe import Recipe
 from ..spiking.monitors import SINMonitor
 from .checkpoint import CheckpointError, atomic_save, load_artifact, load_model, safe_load
+from .data import build_splits, subset
 
 
 # ----------------------------------------------------------------- stored statistics (convert.py)
@@ -69,11 +70,26 @@ def load_predictions(res: dict) -> Optional[dict]:
 
 
 # ----------------------------------------------------------------- a finished run's nets
-def restore_run(folder: str | Path) -> tuple[dict, torch.nn.Module, Any]:
+def restore_run(folder: str | Path, dtype: Optional[torch.dtype] = None) -> tuple[dict, torch.nn.Module, Any]:
     """An ``evaluate.py`` run folder's results.json and its (prepared ANN, SNN), rebuilt on the CPU
-    in float32 from the ANN checkpoint and the conversion artifact the results name (for scripts
-    that rerun or time a finished run)."""
+    from the ANN checkpoint and the conversion artifact the results name, in ``dtype`` (None: the
+    checkpoint's, float32), for scripts that rerun or time a finished run."""
     res = json.loads((Path(folder) / "results.json").read_text())
     art = load_artifact(res["artifact"], res["ann_sha256"])
-    ann, snn = Converter(Recipe.from_dict(art["recipe"])).restore(load_model(res["ann_checkpoint"]), art)
+    ann, snn = Converter(Recipe.from_dict(art["recipe"])).restore(load_model(res["ann_checkpoint"]), art, dtype)
     return res, ann, snn
+
+
+def run_test_images(res: Mapping[str, Any], n: Optional[int] = None, root: Optional[str] = None):
+    """The first ``n`` images (all when None) of a run's test subset, as ``(x, y)`` tensors, rebuilt
+    from the dataset config its results.json records (runs from before it was recorded raise a
+    :class:`ValueError`); ``root`` replaces the recorded dataset root."""
+    cfg = res.get("dataset_config")
+    if cfg is None:
+        raise ValueError("this results.json records no dataset_config (a run from before it was recorded): "
+                         "its test images cannot be rebuilt from it")
+    cfg = {**cfg, **({"root": root} if root is not None else {})}
+    test = subset(build_splits(cfg, seed=int(res.get("seed", 0))).test, res["n_samples"], seed=res["subset_seed"])
+    k = len(test) if n is None else min(int(n), len(test))
+    xs, ys = zip(*(test[i] for i in range(k)))
+    return torch.stack(xs), torch.tensor(ys)

@@ -152,7 +152,8 @@ def describe(cfg: DictConfig, info, s: EvalSettings, run: Setup, res: dict, erro
                               **{k: [c.tolist() for c in errors[k]] for k in ("rel_l2", "qc", "sin")}}
     r, conv = s.recipe, run.snn.conversion
     res.update(
-        experiment=experiment_name(cfg), dataset=cfg.dataset.name, model=cfg.model.name, width=cfg.model.width,
+        experiment=experiment_name(cfg), dataset=cfg.dataset.name, dataset_config=plain(cfg.dataset),
+        batch_size=s.batch_size, model=cfg.model.name, width=cfg.model.width,
         activation=cfg.model.get("activation", "relu"), method=cfg.method.name, threshold=r.threshold,
         hparams=plain(cfg.method.hparams), max_spikes=r.max_spikes, v_init=_v_init_record(run.snn),
         balancing=conv["balancing"], percentile=r.percentile, channelwise=r.channelwise, passes=conv["passes"],
