@@ -11,7 +11,8 @@ to T_max (not timed) to find T*, the fewest steps whose fixed-T accuracy on thes
 the adaptive run's; (2) times, alternating,
 ``msat.simulate`` for T* steps and ``msat.simulate_adaptive`` (``time.thread_time``), ``--rounds``
 times each; prints the medians and their ratio. Both runs go through the images in batches of
-``--batch-size`` (default 200, the ``eval.batch_size`` of every run in docs/results/early_exit). The
+``--batch-size`` (default: the run's ``eval.batch_size``, 200 for runs that did not record it, as for
+every CIFAR-10 run in docs/results/early_exit). The
 batch size matters: on a CPU a batch of 1,000 CIFAR-10 images costs a fixed run about 1.8x more per
 image-step than batches of 200 (its activations leave the cache), while the adaptive run's batch
 shrinks out of that regime, so one large batch flatters the ratio.
@@ -65,15 +66,16 @@ def test_images(res: dict, data: Optional[str], n: int):
     return torch.stack(xs), torch.tensor(ys)
 
 
-def measure(folder: str | Path, rule: str = "learned", images: int = 200, rounds: int = 3, batch_size: int = 200,
-            data: Optional[str] = None) -> dict:
-    """The figures main() prints, and the adaptive run's per-image ``pred`` and ``steps``."""
+def measure(folder: str | Path, rule: str = "learned", images: int = 200, rounds: int = 3,
+            batch_size: Optional[int] = None, data: Optional[str] = None) -> dict:
+    """The figures main() prints, and the adaptive run's per-image ``pred`` and ``steps``
+    (``batch_size`` None: the run's own)."""
     res, snn, exit_rule, dtype = load_run(Path(folder), rule)
     ex = res["exit"]
     x, y = test_images(res, data, images)
     x = x.to(dtype)
     d, T_max, k = int(res["readout_start"]), int(ex["T_max"]), int(ex["min_steps"])
-    bs = min(batch_size, len(y))
+    bs = min(batch_size or int(res.get("batch_size", 200)), len(y))
     batches = [x[i:i + bs] for i in range(0, len(y), bs)]
 
     def run():
@@ -108,10 +110,11 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None, help="the dataset root, if not the one the run recorded")
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=200, help="images per simulate call, for both runs")
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="images per simulate call, for both runs (default: the run's eval.batch_size, else 200)")
     args = ap.parse_args(argv)
     for name in ("images", "rounds", "batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     torch.set_num_threads(1)
     m = measure(args.run, args.rule, args.images, args.rounds, args.batch_size, args.data)
