@@ -42,7 +42,13 @@ CIFAR_JPEG = "../shared/datasets/cifar10-jpeg"
 
 def load_run(folder: Path, rule: str):
     """The run's results, its SNN in the run's dtype (spike confidence as the run had it) and the rule."""
-    dtype = getattr(torch, json.loads((folder / "results.json").read_text()).get("dtype", "float32"))
+    path = folder / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"no results.json in {folder}: give an evaluate.py run folder")
+    res = json.loads(path.read_text())
+    if "exit" not in res:
+        raise SystemExit(f"{folder} was evaluated without early exit: rerun evaluate.py with eval.exit.rule=...")
+    dtype = getattr(torch, res.get("dtype", "float32"))
     res, _, snn = restore_run(folder, dtype)
     if res.get("sc"):
         sc = res["sc"]

@@ -149,3 +149,12 @@ def test_a_run_without_a_recorded_dataset_cannot_rebuild_its_test_images():
 
     with pytest.raises(ValueError, match="records no dataset_config"):
         run_test_images({"n_samples": 10, "subset_seed": 0})
+
+
+def test_the_benchmark_refuses_a_folder_that_is_not_an_early_exit_run(tmp_path):
+    bench = _load_benchmark()
+    with pytest.raises(SystemExit, match="no results.json"):
+        bench.measure(tmp_path)
+    (tmp_path / "results.json").write_text(json.dumps({"acc": [50.0]}))
+    with pytest.raises(SystemExit, match="without early exit"):
+        bench.measure(tmp_path)
