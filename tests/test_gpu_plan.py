@@ -98,11 +98,11 @@ def test_checkpoint_shards_join_into_a_loadable_checkpoint(tmp_path):
 def test_dry_run_of_every_stage_but_the_gpu_tests(packed, tmp_path):
     _, prefix = packed
     out = tmp_path / "out"
-    rc = cli.main(["setup", "speed", "train", "evaluate", "--dry-run", "--device", "cpu", "--out", str(out),
+    rc = cli.main(["setup", "speed", "train", "evaluate", "exit", "--dry-run", "--device", "cpu", "--out", str(out),
                    "--packed", str(prefix), "--time-limit", "300"])
     assert rc == 0
     status = json.loads((out / "status.json").read_text())
-    assert [k for k in status["stages"]] == ["setup", "speed", "train", "evaluate"]
+    assert [k for k in status["stages"]] == ["setup", "speed", "train", "evaluate", "exit"]
     assert all(v["status"] == "done" for v in status["stages"].values())
     assert status["stages"]["setup"]["result"]["test_images"] == 16
     speed = json.loads((out / "speed.json").read_text())
@@ -112,6 +112,9 @@ def test_dry_run_of_every_stage_but_the_gpu_tests(packed, tmp_path):
     assert all(len(c["acc"]) == 8 and c["n_images"] == 16 for c in curves["curves"].values())
     assert "energy" in curves["curves"]["msat"] and len(curves["curves"]["msat"]["sin_ratio_last"]) == 8
     assert (out / "vgg16.pt.part0").exists()
+    ex = json.loads((out / "exit.json").read_text())
+    assert ex["n_images"] == 16 and ex["held_out_images"] == 16 and 1 <= ex["fixed_T_same_acc"] <= 8
+    assert 1 <= ex["mean_steps"] <= 8 and len(ex["fixed_curve"]) == 8 and ex["fixed_s"] > 0 and ex["adaptive_s"] > 0
     # a rerun of one stage: evaluate alone falls back to a checkpoint file
     import msat
 
@@ -140,8 +143,8 @@ def test_run_sh_dry_run_of_the_whole_plan(packed, tmp_path):
                        timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     status = json.loads((tmp_path / "out" / "status.json").read_text())
-    assert [k for k in status["stages"]] == ["setup", "tests", "speed", "train", "evaluate"]
+    assert [k for k in status["stages"]] == ["setup", "tests", "speed", "train", "evaluate", "exit"]
     assert all(v["status"] == "done" for v in status["stages"].values()), status
     assert "skipped" in (tmp_path / "out" / "tests.txt").read_text()  # no CUDA here: the GPU tests skip
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "curves.json", "log.txt", "speed.json", "status.json", "tests.txt", "vgg16.pt.part0"]
+        "curves.json", "exit.json", "log.txt", "speed.json", "status.json", "tests.txt", "vgg16.pt.part0"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU plan as one command (see scripts/gpu/README.md):
-#   bash scripts/gpu/run.sh [stages...]          # default: setup tests speed train evaluate
+#   bash scripts/gpu/run.sh [stages...]          # default: setup tests speed train evaluate exit
 # Environment: OUT (results folder, default outputs/gpu), PACKED (default carry/packed),
 # TIME_LIMIT (seconds for everything, default 540), WHEELS (default .whl), and any extra
 # arguments of python -m msat.harness.gpu.cli in GPU_ARGS.

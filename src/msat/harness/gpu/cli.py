@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from .budget import Runner, Stage
+from .early_exit import early_exit
 from .packed import PackedDataError, pack_cifar10
 from .speed import speed
 from .stages import EVAL_METHODS, evaluate, gpu_tests, setup, train
@@ -30,10 +31,13 @@ STAGES = [
     Stage("speed", 90, 20, speed, "dense vs ours (step, chunk, compiled) vs SpikingJelly, extrapolated to 10k x T=256"),
     Stage("train", 240, 60, train, "full-width VGG16, epochs fitted to the budget, fp16 checkpoint in shards"),
     Stage("evaluate", 600, 30, evaluate, "the whole test set to T=256, method by method in priority order"),
+    Stage("exit", 240, 60, early_exit, "early exit: the learned rule fitted on held-out training images, adaptive vs "
+          "fixed-T wall time on the test set (a command of its own: evaluate takes the rest of a full run)"),
 ]
 DRY_RUN = dict(width=0.0625, speed_width=0.0625, max_test=16, max_train=64, train_batch=16, max_epochs=2, T=8,
                speed_T=4, speed_batch=4, speed_rounds=1, eval_batch=8, cal_batches=1, cal_batch_size=8,
-               methods="const,msat,msat_sc", chunk=4, speed_compile=False)
+               methods="const,msat,msat_sc", chunk=4, speed_compile=False, exit_T=8, exit_batch=8, exit_holdout=16,
+               exit_rounds=1)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--speed-batch", type=int, default=1000)
     p.add_argument("--speed-T", type=int, default=32)
     p.add_argument("--speed-rounds", type=int, default=3)
+    p.add_argument("--exit-T", type=int, default=128, help="exit: T_max")
+    p.add_argument("--exit-batch", type=int, default=1000, help="exit: images per batch, for both runs")
+    p.add_argument("--exit-holdout", type=int, default=2000, help="exit: held-out training images to fit the rule on")
+    p.add_argument("--exit-rounds", type=int, default=3, help="exit: alternating timing rounds (fewer when time is short)")
     p.add_argument("--no-speed-compile", dest="speed_compile", action="store_false",
                    help="speed: leave out the compiled contender (its compile takes tens of seconds)")
     return p
