@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from msat.analysis.exits import PROBABILITY_GRID, choose, settled, stats
+from msat.analysis.exits import PROBABILITY_GRID, settled
 from msat.spiking.early_exit import Progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prob_schedule import T_MAX, ann, cut, exit_at  # noqa: E402
+from prob_schedule import T_MAX, cut, report  # noqa: E402
 
 
 def features(trace: dict) -> torch.Tensor:
@@ -44,16 +44,7 @@ def main() -> int:
     P = {k: torch.from_numpy(model.predict_proba(v.reshape(-1, v.shape[-1]).numpy())[:, 1]).reshape(v.shape[:2])
          for k, v in F.items() if k != "fit"}
     grid = list(PROBABILITY_GRID) + [0.997, 0.999]
-    points = [{"setting": g, "threshold": [g] * T_MAX, **stats(exit_at(select, P["select"], [g] * T_MAX), select["y"])}
-              for g in grid]
-    chosen = choose(points, ann(select), 1.0)
-    r = stats(exit_at(test, P["test"], chosen["threshold"]), test["y"])
-    print(f"chosen {chosen['setting']} (held out {chosen['accuracy']:.2f} @ {chosen['mean_steps']:.2f}); "
-          f"test {r['accuracy']:.2f} @ {r['mean_steps']:.2f}")
-    for p in points:
-        q = stats(exit_at(test, P["test"], p["threshold"]), test["y"])
-        print(f"   {p['setting']}: held out {p['accuracy']:.2f} @ {p['mean_steps']:.2f}, "
-              f"test {q['accuracy']:.2f} @ {q['mean_steps']:.2f}")
+    report("boosted trees", select, P["select"], [(g, [g] * T_MAX) for g in grid], test, P["test"])
     return 0
 
 

@@ -88,6 +88,20 @@ def ann(tr: dict) -> float:
     return 100.0 * float(tr["ann_right"].double().mean())
 
 
+def report(label: str, on: dict, P_on: torch.Tensor, settings, test: dict, P_test: torch.Tensor) -> None:
+    """Each (setting, thresholds) on the choosing images ``on``; the one chosen for a 1-point drop
+    from the ANN there, and every setting, with what it gives on the test images."""
+    points = [{"setting": s, "threshold": thr, **stats(exit_at(on, P_on, thr), on["y"])} for s, thr in settings]
+    chosen = choose(points, ann(on), 1.0)
+    r = stats(exit_at(test, P_test, chosen["threshold"]), test["y"])
+    print(f"{label}: chosen {chosen['setting']} (held out {chosen['accuracy']:.2f} @ {chosen['mean_steps']:.2f}); "
+          f"test {r['accuracy']:.2f} @ {r['mean_steps']:.2f} (median {r['median_steps']:.0f}, p90 {r['p90_steps']:.0f})")
+    for p in points:
+        q = stats(exit_at(test, P_test, p["threshold"]), test["y"])
+        print(f"   setting {p['setting']}: held out {p['accuracy']:.2f} @ {p['mean_steps']:.2f}, "
+              f"test {q['accuracy']:.2f} @ {q['mean_steps']:.2f}")
+
+
 def main() -> int:
     torch.set_num_threads(2)
     tr = traces(Path(sys.argv[1]), Path(sys.argv[2]))
@@ -99,20 +113,9 @@ def main() -> int:
          (("select", select), ("sched_fit", sched_fit), ("sched_pick", sched_pick), ("test", test))}
     print(f"ANN: select {ann(select):.2f}, pick {ann(sched_pick):.2f}, test {ann(test):.2f}")
 
-    def report(label, on, P_on, settings):
-        points = [{"setting": s, "threshold": thr, **stats(exit_at(on, P_on, thr), on["y"])} for s, thr in settings]
-        chosen = choose(points, ann(on), 1.0)
-        r = stats(exit_at(test, P["test"], chosen["threshold"]), test["y"])
-        print(f"{label}: chosen {chosen['setting']} (held out {chosen['accuracy']:.2f} @ {chosen['mean_steps']:.2f}); "
-              f"test {r['accuracy']:.2f} @ {r['mean_steps']:.2f} (median {r['median_steps']:.0f}, p90 {r['p90_steps']:.0f})")
-        for p in points:
-            q = stats(exit_at(test, P["test"], p["threshold"]), test["y"])
-            print(f"   setting {p['setting']}: held out {p['accuracy']:.2f} @ {p['mean_steps']:.2f}, "
-                  f"test {q['accuracy']:.2f} @ {q['mean_steps']:.2f}")
-
-    report("(a) one threshold", select, P["select"], [(g, [g] * T_MAX) for g in PROBABILITY_GRID])
+    report("(a) one threshold", select, P["select"], [(g, [g] * T_MAX) for g in PROBABILITY_GRID], test, P["test"])
     report("(b) per-step thresholds", sched_pick, P["sched_pick"],
-           [(q, fit_steps(sched_fit, P["sched_fit"], q)) for q in PRECISION_GRID])
+           [(q, fit_steps(sched_fit, P["sched_fit"], q)) for q in PRECISION_GRID], test, P["test"])
     return 0
 
 

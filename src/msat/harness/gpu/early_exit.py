@@ -24,11 +24,10 @@ from ...conversion.pipeline import convert
 from ...conversion.prepare import prepare_ann
 from ...spiking.early_exit import simulate_adaptive
 from ...spiking.simulation import simulate
-from ..checkpoint import load_model
 from ..exit_eval import ExitSettings, fit_rules, record
 from .budget import StageContext
 from .packed import PARTS, decode
-from .stages import accuracy, device_of, eval_data, normalize, sync
+from .stages import accuracy, device_of, eval_data, normalize, stage_model, sync
 
 log = logging.getLogger(__name__)
 EXIT_RECIPE = METHODS["ltb"].replace(max_spikes=2, correction="light", correction_T=12)
@@ -52,10 +51,7 @@ def _timed(fn, dev) -> float:
 
 def early_exit(ctx: StageContext) -> dict:
     a, dev = ctx.args, device_of(ctx.args)
-    model = ctx.shared.get("model")
-    source = "trained in this run"
-    if model is None:
-        model, source = load_model(a.checkpoint).to(dev), a.checkpoint
+    model, source = stage_model(ctx, dev)
     x, y, cal = eval_data(ctx)
     T, bs = a.exit_T, a.exit_batch
     snn, ann = convert(model, cal, EXIT_RECIPE), prepare_ann(model)

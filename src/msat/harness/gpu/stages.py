@@ -257,12 +257,17 @@ def join_shards(path: Path, out: Path) -> Path:
 
 
 # ----------------------------------------------------------------- stage 4: evaluation
+def stage_model(ctx: StageContext, dev: torch.device):
+    """(the net, where it came from): the one the train stage handed on, else ``--checkpoint``."""
+    model = ctx.shared.get("model")
+    if model is not None:
+        return model, "trained in this run"
+    return load_model(ctx.args.checkpoint).to(dev), ctx.args.checkpoint
+
+
 def evaluate(ctx: StageContext) -> dict:
     a, dev = ctx.args, device_of(ctx.args)
-    model = ctx.shared.get("model")
-    source = "trained in this run"
-    if model is None:
-        model, source = load_model(a.checkpoint).to(dev), a.checkpoint
+    model, source = stage_model(ctx, dev)
     x, y, cal = eval_data(ctx)
     ann = prepare_ann(model)
     steps = [t for t in REPORT_STEPS if t <= a.T] or [a.T]
