@@ -8,29 +8,22 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 DATA=${1:-../shared/datasets/cifar10-jpeg}
 RUNS=${2:-outputs/ee}
-COMMON=(dataset=cifar10 "dataset.root=$DATA" dataset.format=imagefolder dataset.num_workers=0 model=vgg16
-        model.width=0.25 calibration.checkpoint=$PWD/docs/results/cifar10/vgg16_w0.25.pt "paths.root=$RUNS"
-        eval.max_samples=1000 eval.subset_seed=0 eval.batch_size=200 eval.exit.rule=learned eval.exit.holdout=1000
-        eval.exit.max_drop=1.0 sin.enabled=false progress=false wandb.mode=offline eval.T=128)
+RULE=learned
+source docs/results/early_exit/settings.sh
 S32=(method=const calibration.percentile=0.999 method.v_init=0.5 method.correction=light)
-run() {  # label, overrides...
-  local label=$1; shift
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python evaluate.py "${COMMON[@]}" "hydra.run.dir=$RUNS/$label" \
-    "+tags=[early_exit,$label]" "$@" > "$RUNS/$label.log" 2>&1
-}
 mkdir -p "$RUNS"
-run search_T32 "${S32[@]}" method.correction_T=32 &
-run s32_cT16 "${S32[@]}" method.correction_T=16 &
+run search_T32 128 "${S32[@]}" method.correction_T=32 &
+run s32_cT16 128 "${S32[@]}" method.correction_T=16 &
 wait
-run s32_cT12 "${S32[@]}" method.correction_T=12 &
-run s32_cT8 "${S32[@]}" method.correction_T=8 &
+run s32_cT12 128 "${S32[@]}" method.correction_T=12 &
+run s32_cT8 128 "${S32[@]}" method.correction_T=8 &
 wait
-run burst2_cT16 method=ltb method.max_spikes=2 method.correction=light method.correction_T=16 &
-run burst2_cT16_h16 method=ltb method.max_spikes=2 method.correction=light method.correction_T=16 eval.exit.hidden=16 &
+run burst2_cT16 128 method=ltb method.max_spikes=2 method.correction=light method.correction_T=16 &
+run burst2_cT16_h16 128 method=ltb method.max_spikes=2 method.correction=light method.correction_T=16 eval.exit.hidden=16 &
 wait
-run burst2_cT12 method=ltb method.max_spikes=2 method.correction=light method.correction_T=12 &
-run burst2_cT8 method=ltb method.max_spikes=2 method.correction=light method.correction_T=8 &
+run burst2_cT12 128 method=ltb method.max_spikes=2 method.correction=light method.correction_T=12 &
+run burst2_cT8 128 method=ltb method.max_spikes=2 method.correction=light method.correction_T=8 &
 wait
-run burst3_cT16 method=ltb method.max_spikes=3 method.correction=light method.correction_T=16
+run burst3_cT16 128 method=ltb method.max_spikes=3 method.correction=light method.correction_T=16
 OMP_NUM_THREADS=1 python docs/results/early_exit/offline/confirm.py "$RUNS/burst2_cT12" "$RUNS/confirm_burst2_cT12.json" \
   "$RUNS/search_T32" "$RUNS/confirm_search_T32.json"

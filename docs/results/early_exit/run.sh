@@ -8,15 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 DATA=${1:-../shared/datasets/cifar10-jpeg}
 RUNS=${2:-outputs/early_exit}
-COMMON=(dataset=cifar10 "dataset.root=$DATA" dataset.format=imagefolder dataset.num_workers=0 model=vgg16
-        model.width=0.25 calibration.checkpoint=$PWD/docs/results/cifar10/vgg16_w0.25.pt "paths.root=$RUNS"
-        eval.max_samples=1000 eval.subset_seed=0 eval.batch_size=200 eval.exit.rule=all eval.exit.holdout=1000
-        eval.exit.max_drop=1.0 sin.enabled=false progress=false wandb.mode=offline)
-run() {  # label, T_max, overrides...
-  local label=$1 T=$2; shift 2
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python evaluate.py "${COMMON[@]}" "eval.T=$T" "hydra.run.dir=$RUNS/$label" \
-    "+tags=[early_exit,$label]" "$@" > "$RUNS/$label.log" 2>&1
-}
+RULE=all
+source docs/results/early_exit/settings.sh
 mkdir -p "$RUNS"
 # the search's T = 32 winner (docs/results/cifar10/search.json) and LTB with at most 2 spikes a step
 run search_T32 128 method=const calibration.percentile=0.999 method.v_init=0.5 method.correction=light method.correction_T=32 &
