@@ -19,7 +19,7 @@ import msat  # noqa: E402
 
 torch.set_num_threads(1)
 folder, n = Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 500
-res, snn, rule = load_run(folder, "learned")
+res, snn, rule, _ = load_run(folder, "learned")
 x, y = test_images(res, "../shared/datasets/cifar10-jpeg", n)
 T_max, d = int(res["exit"]["T_max"]), int(res["readout_start"])
 
